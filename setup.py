@@ -1,0 +1,35 @@
+"""sapnet_jax: SAPNet / PReNet de-raining in JAX + Flax NNX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sapnet_jax",
+    version="0.1.0",
+    description="SAPNet and PReNet single-image de-raining in JAX/Flax NNX, with the official "
+                "weights converted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["sapnet_jax", "sapnet_jax.*"]),
+    package_data={"sapnet_jax": ["weights/*.npz", "weights/LICENSE-*.txt"]},
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9.8",
+        "grain>=0.2.12",
+        "dm-pix>=0.4.4",
+        "ml-collections>=1.0",
+        "absl-py>=2.1",
+        "pillow>=10",
+        "tqdm>=4.66",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "cuda12": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+)
