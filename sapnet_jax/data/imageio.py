@@ -1,0 +1,89 @@
+"""Robust reading and atomic writing of image files.
+
+Reading gives RGB float32 in [0, 1] whatever the file holds: greyscale is replicated to three
+channels, alpha is dropped, palettes and CMYK are converted, EXIF orientation is applied,
+16-bit greyscale keeps its precision (Pillow decodes 16-bit colour PNGs to 8 bits).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sapnet_jax.fileio import atomic_write
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                    ".pnm", ".gif")
+
+
+class ImageReadError(ValueError):
+  """An input file that is missing, not an image, or cannot be decoded."""
+
+
+def is_image_name(path: str) -> bool:
+  return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb_float(im: Image.Image) -> np.ndarray:
+  if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    # 16-bit greyscale (PNG/TIFF); "I" is how some Pillow versions expose it.
+    a = np.asarray(im).astype(np.float32)
+    if a.min() < 0 or a.max() > 65535:
+      raise ImageReadError(f"integer image values outside 0..65535 (mode {im.mode})")
+    return np.repeat((a / 65535.0)[..., None], 3, axis=-1)
+  if im.mode == "F":
+    a = np.asarray(im, dtype=np.float32)
+    if not np.all(np.isfinite(a)):
+      raise ImageReadError("floating-point image with NaN or infinite values")
+    return np.repeat(np.clip(a, 0.0, 1.0)[..., None], 3, axis=-1)
+  if im.mode != "RGB":
+    if "transparency" in im.info:  # palette/grey with a transparent colour: expand it first
+      im = im.convert("RGBA")
+    im = im.convert("RGB")
+  return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """Returns the image at `path` as float32 (H, W, 3) in [0, 1], upright per its EXIF tag.
+
+  Raises ImageReadError naming the file if it is missing, not an image, or corrupt.
+  """
+  path = os.fspath(path)
+  try:
+    with warnings.catch_warnings():
+      # A truncated or oversized file must fail loudly, not decode partly.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        rgb = _to_rgb_float(im)
+  except ImageReadError as e:
+    raise ImageReadError(f"{path}: {e}") from None
+  except FileNotFoundError:
+    raise ImageReadError(f"{path}: no such file") from None
+  except IsADirectoryError:
+    raise ImageReadError(f"{path}: is a directory") from None
+  except UnidentifiedImageError:
+    raise ImageReadError(f"{path}: not an image file (format not recognized)") from None
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+          Image.DecompressionBombError) as e:
+    raise ImageReadError(f"{path}: cannot decode image ({e})") from None
+  if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+    raise ImageReadError(f"{path}: empty image")
+  return rgb
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """Clamps to [0, 1] and rounds to the nearest 8-bit level."""
+  return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Writes float [0, 1] or uint8 RGB as an 8-bit PNG; an existing file is replaced whole."""
+  if image.dtype != np.uint8:
+    image = to_uint8(image)
+  with atomic_write(path) as f:
+    Image.fromarray(image).save(f, format="PNG")

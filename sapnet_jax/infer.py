@@ -1,0 +1,89 @@
+"""Whole-image and tiled inference on single images (arrays in, arrays out; no file I/O).
+
+Tiling bounds memory for large photos: tiles of `tile` x `tile` pixels overlap by `overlap`
+pixels and are blended with weights that ramp linearly across the middle half of each overlap
+(zero in its outer quarter). All tiles of an image have one shape, so the network is compiled
+once per tile size. For a network without global attention (PReNet, PRN), a pixel therefore
+equals the whole-image result whenever overlap >= 4 * model.cfg.receptive_radius + 4. SAPNet's
+attention pools over each tile instead of the whole image, so its tiles differ slightly from
+whole-image inference: 50 dB PSNR between the two on Rain100H with 256-pixel tiles, and the
+same PSNR against the ground truth (docs/fidelity.md). The defaults (512 / 64) are the
+fastest per pixel on a 2-core CPU and keep a 4000x3000 photo under 1 GB of peak RSS.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 64
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+  """Start offsets of tiles covering [0, length), the last one flush with the end."""
+  if tile >= length:
+    return [0]
+  stride = tile - overlap
+  starts = list(range(0, length - tile, stride))
+  return starts + [length - tile]
+
+
+def blend_ramp(start: int, tile: int, length: int, overlap: int) -> np.ndarray:
+  """1-d blending weights of one tile: 1 inside, ramping down toward interior edges only."""
+  pos = np.arange(tile, dtype=np.float32)
+  w = np.ones(tile, np.float32)
+  quarter, half = overlap / 4.0, max(overlap / 2.0, 1.0)
+  if start > 0:
+    w = np.minimum(w, np.clip((pos + 0.5 - quarter) / half, 0.0, 1.0))
+  if start + tile < length:
+    w = np.minimum(w, np.clip((tile - 1 - pos + 0.5 - quarter) / half, 0.0, 1.0))
+  return w
+
+
+class Derainer:
+  """A jit-compiled de-raining function for one model: `derainer(image) -> image`."""
+
+  def __init__(self, model: nnx.Module):
+    graphdef, state = nnx.split(model)
+    self._state = state
+    self._forward = jax.jit(functools.partial(_forward, graphdef))
+
+  def batch(self, images: np.ndarray | jax.Array) -> jax.Array:
+    """(N, H, W, 3) -> (N, H, W, 3), unclamped float32."""
+    return self._forward(self._state, jnp.asarray(images, jnp.float32))
+
+  def __call__(self, image: np.ndarray, tile: int | None = DEFAULT_TILE,
+               overlap: int = DEFAULT_OVERLAP) -> np.ndarray:
+    """De-rains one (H, W, 3) image in [0, 1]; returns unclamped float32 of the same shape.
+
+    With `tile` None or not smaller than both sides, the whole image goes through at once.
+    """
+    if image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    h, w, _ = image.shape
+    if tile is None or (h <= tile and w <= tile):
+      return np.asarray(self.batch(image[None]))[0]
+    if tile < 1 or not 0 <= overlap < tile:
+      raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, "
+                       f"overlap={overlap}")
+    th, tw = min(tile, h), min(tile, w)
+    acc = np.zeros((h, w, 3), np.float32)
+    weight = np.zeros((h, w, 1), np.float32)
+    for y in tile_starts(h, th, overlap):
+      wy = blend_ramp(y, th, h, overlap)
+      for x in tile_starts(w, tw, overlap):
+        wx = blend_ramp(x, tw, w, overlap)
+        out = np.asarray(self.batch(image[None, y:y + th, x:x + tw]))[0]
+        wt = (wy[:, None] * wx[None, :])[..., None]
+        acc[y:y + th, x:x + tw] += out * wt
+        weight[y:y + th, x:x + tw] += wt
+    return acc / weight
+
+
+def _forward(graphdef, state, images):
+  return nnx.merge(graphdef, state)(images)
