@@ -1,7 +1,10 @@
 """SAPNet as in the paper and the official code (Rain100H).
 
-Only the model block exists so far; the trainer and evaluator fill in the rest of the
-experiment. The model block maps one to one onto sapnet_jax.models.pdu.PDUConfig.
+    python -m sapnet_jax.main --config=configs/default.py --workdir=W --mode=eval
+
+The model block maps one to one onto sapnet_jax.models.pdu.PDUConfig. The eval block names the
+test sets (folders of rainy and clean images paired by name; the defaults are the Rain100H test
+pairs in ../shared, override them with --config.eval.sets.rain100h.rainy=DIR etc.).
 """
 
 import ml_collections
@@ -20,5 +23,16 @@ def get_config() -> ml_collections.ConfigDict:
       num_blocks=5,
       scan=False,  # a Python loop over stages; True uses one lax.scan step
       dtype="float32",
+  ))
+  config.eval = ml_collections.ConfigDict(dict(
+      step=-1,  # checkpoint step to evaluate; -1 = the latest in WORKDIR/checkpoints
+      sets=dict(rain100h=dict(rainy="../shared/data/rain100h/rainy",
+                              clean="../shared/data/rain100h/clean")),
+      quantize="round",  # round | floor (official test.py) | none
+      crop_border=0,
+      grid_count=4,
+      tile=512,  # 0 = whole images
+      overlap=64,
+      skip_bad=False,
   ))
   return config

@@ -108,20 +108,26 @@ def _load_npz(path: str, overrides: dict) -> nnx.Module:
   return fill_params(abstract_model(config, **overrides), unflatten(arrays), path)
 
 
-def _step_dir(path: str) -> str:
-  """Resolves a CheckpointManager root to its latest step; a step directory stays as is."""
+def step_dir(path: str, step: int | None = None) -> str:
+  """Resolves a CheckpointManager root to its latest (or given) step; a step dir stays as is."""
   if os.path.isdir(os.path.join(path, PARAMS)):
     return path
-  steps = [int(d) for d in os.listdir(path)
-           if d.isdigit() and os.path.isdir(os.path.join(path, d, PARAMS))]
+  steps = []
+  if os.path.isdir(path):
+    steps = sorted(int(d) for d in os.listdir(path)
+                   if d.isdigit() and os.path.isdir(os.path.join(path, d, PARAMS)))
   if not steps:
     raise CheckpointError(f"{path}: no Orbax checkpoint with a '{PARAMS}' item found")
-  return os.path.join(path, str(max(steps)))
+  if step is None:
+    return os.path.join(path, str(steps[-1]))
+  if step not in steps:
+    raise CheckpointError(f"{path}: no checkpoint at step {step}; available steps: {steps}")
+  return os.path.join(path, str(step))
 
 
 def _load_orbax(path: str, overrides: dict) -> nnx.Module:
   import orbax.checkpoint as ocp  # deferred, see save_model
-  step = _step_dir(os.path.abspath(path))
+  step = step_dir(os.path.abspath(path))
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   try:
     config = checkpointer.restore(

@@ -23,10 +23,7 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
   files, errors = [], []
   for item in inputs:
     if os.path.isdir(item):
-      names = sorted(n for n in os.listdir(item)
-                     if not n.startswith(".") and imageio.is_image_name(n))
-      files.extend(os.path.join(item, n) for n in names
-                   if os.path.isfile(os.path.join(item, n)))
+      files.extend(imageio.list_images(item))
     elif os.path.exists(item):
       files.append(item)
     else:

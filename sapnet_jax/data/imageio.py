@@ -27,6 +27,16 @@ def is_image_name(path: str) -> bool:
   return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
+def list_images(folder: str | os.PathLike) -> list[str]:
+  """The image files directly in `folder` (by extension), sorted; hidden files skipped."""
+  folder = os.fspath(folder)
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"{folder}: no such folder")
+  return sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                if not n.startswith(".") and is_image_name(n)
+                and os.path.isfile(os.path.join(folder, n)))
+
+
 def _to_rgb_float(im: Image.Image) -> np.ndarray:
   if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
     # 16-bit greyscale (PNG/TIFF); "I" is how some Pillow versions expose it.

@@ -1,0 +1,164 @@
+"""The evaluate command and main --mode=eval: reports, errors that name files, interruption."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from conftest import REPO, shared_path
+from sapnet_jax import checkpoint, evaluate, infer, metrics
+from sapnet_jax.data.imageio import read_image
+from sapnet_jax.models import pdu
+
+CFG = pdu.PDUConfig(channels=4, reduction=2, stages=2, num_blocks=2)
+RNG = np.random.default_rng(3)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+  path = tmp_path_factory.mktemp("w") / "tiny.npz"
+  checkpoint.save_model(pdu.PDUNet(CFG, rngs=nnx.Rngs(0)), path)
+  return str(path)
+
+
+def _pairs(root, n=4, size=(24, 30)):
+  for sub in ("rainy", "clean"):
+    (root / sub).mkdir(parents=True)
+  for i in range(n):
+    clean = RNG.integers(0, 256, size + (3,), dtype=np.uint8)
+    rainy = np.clip(clean.astype(int) + RNG.integers(0, 60, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(rainy).save(root / "rainy" / f"rain-{i:03d}.png")
+    Image.fromarray(clean).save(root / "clean" / f"norain-{i:03d}.png")
+  return root / "rainy", root / "clean"
+
+
+def _run(tmp_path, weights, *extra):
+  rainy, clean = tmp_path / "rainy", tmp_path / "clean"
+  return evaluate.main(["--weights", weights, "--rainy", str(rainy), "--clean", str(clean),
+                        "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"),
+                        *extra])
+
+
+def test_reports_and_values(tmp_path, weights, capsys):
+  rainy, clean = _pairs(tmp_path)
+  assert _run(tmp_path, weights, "--grid", str(tmp_path / "g.png"), "--grid-count", "2") == 0
+  report = json.loads((tmp_path / "r.json").read_text())
+  assert report["complete"] and report["count"] == 4 and not report["skipped"]
+  assert set(report["means"]) == set(metrics.KEYS) and set(report["conventions"]) == set(metrics.KEYS)
+  # Each row equals scoring the rounded output of the same model independently.
+  derainer = infer.Derainer(checkpoint.load_model(weights))
+  for row in report["images"]:
+    x = read_image(rainy / row["name"])
+    out = np.round(np.clip(derainer(x), 0, 1) * 255) / 255
+    want = metrics.score_pair(out, read_image(clean / row["name"].replace("rain-", "norain-")))
+    for k in metrics.KEYS:
+      assert row[k] == pytest.approx(want[k], abs=1e-9)
+  for k in metrics.KEYS:
+    assert report["means"][k] == pytest.approx(np.mean([r[k] for r in report["images"]]))
+  rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+  assert len(rows) == 4 and set(metrics.KEYS) <= set(rows[0])
+  grid = Image.open(tmp_path / "g.png")
+  assert grid.height == 2 * 204 and grid.width == 3 * (round(30 * 200 / 24) + 4)
+  assert "psnr_rgb" in capsys.readouterr().out
+
+
+def test_floor_quantization_differs(tmp_path, weights):
+  _pairs(tmp_path)
+  _run(tmp_path, weights)
+  rounded = json.loads((tmp_path / "r.json").read_text())["means"]["psnr_rgb"]
+  _run(tmp_path, weights, "--quantize", "floor")
+  floored = json.loads((tmp_path / "r.json").read_text())["means"]["psnr_rgb"]
+  assert rounded != floored
+
+
+def test_missing_counterpart(tmp_path, weights, capsys):
+  _pairs(tmp_path)
+  (tmp_path / "clean" / "norain-002.png").unlink()
+  assert _run(tmp_path, weights) == 2
+  assert "rain-002.png: no clean counterpart" in capsys.readouterr().err
+  assert _run(tmp_path, weights, "--skip-bad") == 0
+  report = json.loads((tmp_path / "r.json").read_text())
+  assert report["count"] == 3 and len(report["skipped"]) == 1
+
+
+def test_size_mismatch_and_corrupt_keep_earlier_rows(tmp_path, weights, capsys):
+  _pairs(tmp_path)
+  Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "clean" / "norain-002.png")
+  (tmp_path / "rainy" / "rain-003.png").write_bytes(b"broken")
+  assert _run(tmp_path, weights) == 1
+  err = capsys.readouterr().err
+  assert "rain-002.png is 30x24 but" in err and "norain-002.png is 30x20" in err
+  report = json.loads((tmp_path / "r.json").read_text())
+  assert not report["complete"] and [r["name"] for r in report["images"]] == ["rain-000.png", "rain-001.png"]
+  assert _run(tmp_path, weights, "--skip-bad") == 0
+  report = json.loads((tmp_path / "r.json").read_text())
+  assert report["count"] == 2 and any("rain-003.png" in s for s in report["skipped"])
+
+
+def test_interrupt_keeps_rows(tmp_path, weights, monkeypatch):
+  _pairs(tmp_path)
+  calls = {"n": 0}
+  real = infer.Derainer.__call__
+
+  def flaky(self, image, **kw):
+    calls["n"] += 1
+    if calls["n"] == 3:
+      raise KeyboardInterrupt
+    return real(self, image, **kw)
+
+  monkeypatch.setattr(infer.Derainer, "__call__", flaky)
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path, weights)
+  report = json.loads((tmp_path / "r.json").read_text())
+  assert report["count"] == 2 and not report["complete"]
+
+
+def _workdir(tmp_path, step):
+  model = pdu.PDUNet(CFG, rngs=nnx.Rngs(1))
+  checkpoint.save_model(model, tmp_path / "w" / "checkpoints", step=step)
+  return tmp_path / "w"
+
+
+def test_main_eval_writes_reports_for_the_latest_step(tmp_path):
+  rainy, clean = _pairs(tmp_path / "data")
+  workdir = _workdir(tmp_path, step=7)
+  cmd = [sys.executable, "-m", "sapnet_jax.main", "--config=configs/default.py",
+         f"--workdir={workdir}", "--mode=eval", f"--config.eval.sets.rain100h.rainy={rainy}",
+         f"--config.eval.sets.rain100h.clean={clean}"]
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  out = workdir / "eval" / "step_7" / "rain100h"
+  report = json.loads((out / "metrics.json").read_text())
+  assert report["step"] == 7 and report["count"] == 4 and (out / "grid.png").exists()
+  assert (out / "metrics.csv").exists() and "psnr_y_matlab" in done.stdout
+
+
+def test_eval_step_selection(tmp_path):
+  import importlib
+  rainy, clean = _pairs(tmp_path / "data")
+  workdir = _workdir(tmp_path, step=3)
+  config = importlib.import_module("configs.default").get_config()
+  config.eval.sets.rain100h.rainy, config.eval.sets.rain100h.clean = str(rainy), str(clean)
+  config.eval.step = 4
+  with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint at step 4; available steps: \[3\]"):
+    evaluate.evaluate_workdir(config, str(workdir))
+  config.eval.step = 3
+  assert evaluate.evaluate_workdir(config, str(workdir))["rain100h"]["count"] == 4
+
+
+def test_official_weights_on_rain100h_subset(tmp_path):
+  rainy, clean = shared_path("data/rain100h/rainy"), shared_path("data/rain100h/clean")
+  for sub, src in (("rainy", rainy), ("clean", clean)):
+    (tmp_path / sub).mkdir()
+    for n in ("001.png", "002.png"):
+      (tmp_path / sub / n).write_bytes((src / n).read_bytes())
+  assert _run(tmp_path, "sapnet-rain100h") == 0
+  report = json.loads((tmp_path / "r.json").read_text())
+  input_psnr = [metrics.score_pair(read_image(rainy / n), read_image(clean / n))["psnr_rgb"]
+                for n in ("001.png", "002.png")]
+  assert report["means"]["psnr_rgb"] > np.mean(input_psnr) + 8
