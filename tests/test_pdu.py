@@ -106,3 +106,14 @@ def test_bad_input_shape():
   model = pdu.PDUNet(TINY, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
     model(jnp.zeros((8, 8, 3)))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_gives_the_same_gradients(scan):
+  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+  grads = []
+  for remat in (False, True):
+    model = pdu.PDUNet(dataclasses.replace(TINY, scan=scan, remat=remat), rngs=nnx.Rngs(0))
+    grads.append(jax.tree.leaves(nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)))
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(*grads)) <= 1e-6
+  assert max(float(jnp.abs(a).max()) for a in grads[0]) > 0

@@ -40,6 +40,9 @@ class PDUConfig:
   scan: bool = False
   # Computation dtype; parameters stay float32.
   dtype: str = "float32"
+  # Recompute each stage's activations in the backward pass instead of storing them: less
+  # memory in training, about one more forward pass of compute.
+  remat: bool = False
 
   def __post_init__(self):
     if self.attention not in ATTENTIONS:
@@ -172,18 +175,19 @@ class PDUNet(nnx.Module):
     dtype = jnp.dtype(self.cfg.dtype)
     image = image.astype(dtype)
     h = c = jnp.zeros(image.shape[:3] + (self.cfg.channels,), dtype)
-    x, h, c = self._stage(image, image, h, c, first=True)
+    stage = jax.checkpoint(self._stage, static_argnums=(4,)) if self.cfg.remat else self._stage
+    x, h, c = stage(image, image, h, c, True)
     first_output = x
     if self.cfg.scan:
       def step(carry, _):
-        x, h, c = self._stage(image, *carry)
+        x, h, c = stage(image, *carry, False)
         return (x, h, c), x if return_stages else None
       (x, _, _), rest = jax.lax.scan(step, (x, h, c), length=self.cfg.stages - 1)
       stages = jnp.concatenate([first_output[None], rest]) if return_stages else None
     else:
       outputs = [first_output]
       for _ in range(self.cfg.stages - 1):
-        x, h, c = self._stage(image, x, h, c)
+        x, h, c = stage(image, x, h, c, False)
         outputs.append(x)
       stages = jnp.stack(outputs) if return_stages else None
     x = x.astype(jnp.float32)
