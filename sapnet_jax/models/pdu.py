@@ -38,7 +38,7 @@ class PDUConfig:
   num_blocks: int = 5
   # Forward form: a Python loop over stages, or one jax.lax.scan step reused `stages` times.
   scan: bool = False
-  # Computation dtype; parameters stay float32.
+  # Computation dtype; parameters stay float32 (float64 needs jax_enable_x64: for numerics checks).
   dtype: str = "float32"
   # Recompute each stage's activations in the backward pass instead of storing them: less
   # memory in training, about one more forward pass of compute.
@@ -53,8 +53,8 @@ class PDUConfig:
     if self.attention != "none" and self.channels // self.reduction < 1:
       raise ValueError(
           f"model.channels ({self.channels}) // model.reduction ({self.reduction}) must be >= 1")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+    if self.dtype not in ("float32", "bfloat16", "float64"):
+      raise ValueError(f"model.dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}")
 
   @property
   def dilations(self) -> tuple[int, ...]:
@@ -190,10 +190,10 @@ class PDUNet(nnx.Module):
         x, h, c = stage(image, x, h, c, False)
         outputs.append(x)
       stages = jnp.stack(outputs) if return_stages else None
-    x = x.astype(jnp.float32)
+    out_dtype = jnp.promote_types(dtype, jnp.float32)  # float32, or float64 when computing in it
     if return_stages:
-      return x, stages.astype(jnp.float32)
-    return x
+      return x.astype(out_dtype), stages.astype(out_dtype)
+    return x.astype(out_dtype)
 
 
 def count_params(model: nnx.Module) -> int:
