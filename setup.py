@@ -28,7 +28,7 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "scikit-image>=0.22"],
         "cuda12": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
