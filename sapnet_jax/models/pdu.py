@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sapnet_jax.models.conv import WGRADS, Conv3x3
+
 Attention = Literal["cra", "ca", "se", "none"]
 ATTENTIONS = ("cra", "ca", "se", "none")
 
@@ -43,6 +45,9 @@ class PDUConfig:
   # Recompute each stage's activations in the backward pass instead of storing them: less
   # memory in training, about one more forward pass of compute.
   remat: bool = False
+  # How training computes convolution weight gradients: "xla" (XLA's own) or "matmul" (nine
+  # matrix products per conv; much faster on CPU, see models/conv.py). Forward unaffected.
+  conv_wgrad: str = "xla"
 
   def __post_init__(self):
     if self.attention not in ATTENTIONS:
@@ -53,6 +58,8 @@ class PDUConfig:
     if self.attention != "none" and self.channels // self.reduction < 1:
       raise ValueError(
           f"model.channels ({self.channels}) // model.reduction ({self.reduction}) must be >= 1")
+    if self.conv_wgrad not in WGRADS:
+      raise ValueError(f"model.conv_wgrad must be one of {WGRADS}, got {self.conv_wgrad!r}")
     if self.dtype not in ("float32", "bfloat16", "float64"):
       raise ValueError(f"model.dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}")
 
@@ -73,10 +80,8 @@ PRN = PDUConfig(attention="none", dilation=False, recurrent=False)
 PRESETS = {"sapnet": SAPNET, "prenet": PRENET, "prn": PRN}
 
 
-def _conv(cin: int, cout: int, dilation: int, dtype, rngs: nnx.Rngs) -> nnx.Conv:
-  # Explicit symmetric padding = dilation mirrors PyTorch's Conv2d(3, padding=d, dilation=d).
-  return nnx.Conv(cin, cout, kernel_size=(3, 3), padding=((dilation, dilation),) * 2,
-                  kernel_dilation=(dilation, dilation), dtype=dtype, rngs=rngs)
+def _conv(cfg: PDUConfig, cin: int, cout: int, dilation: int, rngs: nnx.Rngs) -> Conv3x3:
+  return Conv3x3(cin, cout, dilation, dtype=jnp.dtype(cfg.dtype), wgrad=cfg.conv_wgrad, rngs=rngs)
 
 
 class ChannelAttention(nnx.Module):
@@ -110,8 +115,8 @@ class ResidualBlock(nnx.Module):
   def __init__(self, cfg: PDUConfig, dilation: int, rngs: nnx.Rngs):
     dtype = jnp.dtype(cfg.dtype)
     c = cfg.channels
-    self.conv1 = _conv(c, c, dilation, dtype, rngs)
-    self.conv2 = _conv(c, c, dilation, dtype, rngs)
+    self.conv1 = _conv(cfg, c, c, dilation, rngs)
+    self.conv2 = _conv(cfg, c, c, dilation, rngs)
     if cfg.attention == "none":
       self.att1 = self.att2 = None
     else:
@@ -133,25 +138,20 @@ class PDUNet(nnx.Module):
 
   def __init__(self, cfg: PDUConfig = SAPNET, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    dtype = jnp.dtype(cfg.dtype)
     c = cfg.channels
-    self.conv0 = _conv(6, c, 1, dtype, rngs)
+    self.conv0 = _conv(cfg, 6, c, 1, rngs)
     # The four ConvLSTM gates (i, f, g, o) as one convolution: one 2C -> 4C conv runs faster
     # than four 2C -> C ones and is the same function (the converter concatenates kernels).
-    self.gates = _conv(2 * c, 4 * c, 1, dtype, rngs) if cfg.recurrent else None
+    self.gates = _conv(cfg, 2 * c, 4 * c, 1, rngs) if cfg.recurrent else None
     self.blocks = nnx.List([ResidualBlock(cfg, d, rngs) for d in cfg.dilations])
-    self.out = _conv(c, 3, 1, dtype, rngs)
+    self.out = _conv(cfg, c, 3, 1, rngs)
 
   def _gates(self, x, h, first):
     if not first:
       return self.gates(jnp.concatenate([x, h], axis=-1))
     # First stage: h = 0, so only the x half of the gate kernel contributes. Skipping the
     # other half saves 1/12 of all gate FLOPs (the gates are ~45% of the network's).
-    g = self.gates
-    kernel = g.kernel[:, :, : self.cfg.channels].astype(x.dtype)
-    z = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return z + g.bias[...].astype(x.dtype)
+    return self.gates(x, kernel=self.gates.kernel[:, :, : self.cfg.channels])
 
   def _stage(self, image, x, h, c, first=False):
     x = jax.nn.relu(self.conv0(jnp.concatenate([image, x], axis=-1)))
