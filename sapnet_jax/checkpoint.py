@@ -12,8 +12,9 @@ Writes are atomic: Orbax commits finished steps only, and the .npz is renamed in
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -155,3 +156,109 @@ def load_model(path: str | os.PathLike, **overrides) -> nnx.Module:
   if os.path.isdir(path):
     return _load_orbax(path, overrides)
   return _load_npz(path, overrides)
+
+
+class _FrozenIteratorState:
+  """What grain's Orbax handler saves: the iterator's state at the moment of the save call.
+
+  Async saves may run the handler later, when the live iterator has moved on; a snapshot
+  keeps a resumed run on exactly the batches it would have seen.
+  """
+
+  def __init__(self, iterator: Any, state: Any = None):
+    self._iterator, self._state = iterator, state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self._state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self._iterator.set_state(json.loads(state.decode()))
+
+  def start_prefetch(self) -> None:
+    getattr(self._iterator, "start_prefetch", lambda: None)()
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+  keys = sorted(set(stored) | set(current))
+  return [f"{k}: checkpoint {stored.get(k)!r}, config {current.get(k)!r}"
+          for k in keys if stored.get(k) != current.get(k)]
+
+
+class TrainCheckpoints:
+  """Orbax checkpoints of a training run in WORKDIR/checkpoints.
+
+  Each step holds the items `params` and `model_config` (so `load_model` reads it like any
+  model checkpoint), `train_state` (step, optimizer state), `config` (the experiment config)
+  and `data` (the input iterator's state, one file per process). Keeps the `keep` latest steps
+  plus the best by validation PSNR; saves are asynchronous where Orbax supports it and only
+  committed steps are ever read back.
+  """
+
+  TRAIN_STATE, CONFIG, DATA = "train_state", "config", "data"
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
+               compare: Callable[[dict], dict] = lambda model_config: model_config):
+    """`compare` maps a model config to the fields a resumed run must agree on."""
+    import orbax.checkpoint as ocp  # deferred, see save_model
+    from orbax.checkpoint import checkpoint_managers as policies
+    self._ocp, self._compare = ocp, compare
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=async_save,
+        preservation_policy=policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda m: m["val_psnr"], n=1,
+                           keep_checkpoints_without_metrics=False)])))
+
+  def save(self, step: int, params: dict, train_state: Any, model_config: dict, config: dict,
+           data_iterator: Any = None, val_psnr: float | None = None) -> None:
+    ocp = self._ocp
+    items = {PARAMS: ocp.args.StandardSave(params), self.TRAIN_STATE: ocp.args.StandardSave(train_state),
+             MODEL_CONFIG: ocp.args.JsonSave(model_config), self.CONFIG: ocp.args.JsonSave(config)}
+    if data_iterator is not None:
+      import grain.checkpoint
+      snapshot = _FrozenIteratorState(data_iterator, data_iterator.get_state())
+      items[self.DATA] = grain.checkpoint.CheckpointSave(snapshot)
+    metrics = None if val_psnr is None else {"val_psnr": float(val_psnr)}
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def restore_latest(self, params: dict, train_state: Any, model_config: dict,
+                     data_iterator: Any = None) -> tuple[int, dict, Any] | None:
+    """Restores the newest readable step into the given structures; None if there is none.
+
+    A step that cannot be read is skipped with a warning (the previous one is tried); a step
+    written for another model config raises CheckpointError listing the differing fields.
+    """
+    ocp = self._ocp
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        stored = self.manager.restore(step, args=ocp.args.Composite(
+            **{MODEL_CONFIG: ocp.args.JsonRestore()}))[MODEL_CONFIG]
+      except Exception as e:  # noqa: BLE001 - any unreadable step falls back to the previous
+        logging.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
+                        step, self.directory, e)
+        continue
+      diff = config_differences(self._compare(stored), self._compare(model_config))
+      if diff:
+        raise CheckpointError(f"{self.directory}: checkpoint step {step} is for another model "
+                              "config; differing fields: " + "; ".join(diff))
+      items = {PARAMS: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, params)),
+               self.TRAIN_STATE: ocp.args.StandardRestore(
+                   jax.tree.map(ocp.utils.to_shape_dtype_struct, train_state))}
+      if data_iterator is not None:
+        import grain.checkpoint
+        items[self.DATA] = grain.checkpoint.CheckpointRestore(_FrozenIteratorState(data_iterator))
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+      except Exception as e:  # noqa: BLE001
+        logging.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
+                        step, self.directory, e)
+        continue
+      return step, restored[PARAMS], restored[self.TRAIN_STATE]
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

@@ -164,10 +164,9 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
   `skip_bad` it is listed in the report's "skipped" and the run goes on.
   """
   start = time.perf_counter()
-  loaders = list(loaders)
   try:
     for load in tqdm(loaders, desc="evaluating", unit="image", disable=None if progress else True,
-                     file=sys.stderr):
+                     file=sys.stderr, total=len(loaders) if hasattr(loaders, "__len__") else None):
       t0 = time.perf_counter()
       try:
         sample = load()
@@ -213,6 +212,54 @@ def check_problems(problems: list[str], skip_bad: bool) -> None:
     raise PairError("; ".join(problems[:10]) + more)
 
 
+def set_samples(name: str, spec, data_dir: str | None = None
+                ) -> tuple[Iterable[Callable[[], Sample]], list[str], dict]:
+  """The samples of one entry of `config.eval.sets`, the pairing problems, and report metadata.
+
+  An entry is a folder pair (`dict(rainy=DIR, clean=DIR)`, clean optional) or a built TFDS
+  split as "name:split" (e.g. "synthetic_rain/shipped:validation", see sapnet_jax.data).
+  """
+  if isinstance(spec, str):
+    from sapnet_jax.data import pipeline  # deferred: only built datasets need TFDS and grain
+
+    def tfds_loaders():
+      # Every process scores every image: validation runs on process 0 only.
+      for ex in pipeline.make_eval_iterator(spec, data_dir=data_dir, process_index=0,
+                                            process_count=1):
+        clean = ex["clean"][0] if "clean" in ex else None
+        yield lambda ex=ex, clean=clean: Sample(str(ex["name"][0]), ex["rainy"][0], clean)
+    return tfds_loaders(), [], {"set": name, "dataset": spec}
+  if "rainy" not in spec:
+    raise ValueError(f"eval.sets.{name}: needs 'rainy' (and usually 'clean') folders, or a "
+                     "'name:split' string of a built dataset")
+  clean = spec.get("clean")
+  loaders, problems = folder_samples(spec["rainy"], clean)
+  return loaders, problems, {"set": name, "rainy": spec["rainy"], "clean": clean}
+
+
+def evaluate_sets(derainer: Callable, ev, out_root: str, meta: dict, data_dir: str | None = None,
+                  progress: bool = True) -> dict[str, dict]:
+  """Scores `derainer` on every set of the eval config block `ev`; writes
+  OUT_ROOT/<set>/metrics.{json,csv} and grid.png. Training's validation calls this too."""
+  results = {}
+  for name, spec in ev.sets.items():
+    loaders, problems, set_meta = set_samples(name, spec, data_dir)
+    check_problems(problems, ev.skip_bad)
+    out = os.path.join(out_root, name)
+    reports = Reports(os.path.join(out, "metrics.json"), os.path.join(out, "metrics.csv"),
+                      {**meta, **set_meta, "quantize": ev.quantize, "crop_border": ev.crop_border})
+    reports.skipped.extend(problems)
+    grid = GridCollector(ev.grid_count)
+    try:
+      results[name] = score_samples(derainer, loaders, reports, tile=ev.tile or None,
+                                    overlap=ev.overlap, quantize_mode=ev.quantize,
+                                    border=ev.crop_border, skip_bad=ev.skip_bad, grid=grid,
+                                    progress=progress)
+    finally:
+      grid.write(os.path.join(out, "grid.png"))
+  return results
+
+
 def evaluate_workdir(config, workdir: str) -> dict[str, dict]:
   """Scores the checkpoint of `config.eval.step` (-1: latest) in WORKDIR/checkpoints on every
   set of `config.eval.sets`; writes WORKDIR/eval/step_<N>/<set>/metrics.{json,csv} and grid.png.
@@ -220,27 +267,18 @@ def evaluate_workdir(config, workdir: str) -> dict[str, dict]:
   ev = config.eval
   path = checkpoint.step_dir(os.path.join(workdir, "checkpoints"), None if ev.step < 0 else ev.step)
   step = os.path.basename(path)
-  model = checkpoint.load_model(path, scan=config.model.scan, dtype=config.model.dtype)
-  derainer = infer.Derainer(model)
-  results = {}
-  for name, spec in ev.sets.items():
-    clean = spec.get("clean")
-    loaders, problems = folder_samples(spec.rainy, clean)
-    check_problems(problems, ev.skip_bad)
-    out = os.path.join(workdir, "eval", f"step_{step}", name)
-    reports = Reports(os.path.join(out, "metrics.json"), os.path.join(out, "metrics.csv"),
-                      {"checkpoint": path, "step": int(step), "set": name, "rainy": spec.rainy,
-                       "clean": clean, "quantize": ev.quantize, "crop_border": ev.crop_border})
-    reports.skipped.extend(problems)
-    grid = GridCollector(ev.grid_count)
-    try:
-      results[name] = score_samples(derainer, loaders, reports, tile=ev.tile or None,
-                                    overlap=ev.overlap, quantize_mode=ev.quantize,
-                                    border=ev.crop_border, skip_bad=ev.skip_bad, grid=grid)
-    finally:
-      grid.write(os.path.join(out, "grid.png"))
-    print(f"[{name}] step {step}\n{format_table(results[name])}")
+  model = checkpoint.load_model(path, **eval_overrides(config.model))
+  data_dir = config.data.get("data_dir") if "data" in config else None
+  results = evaluate_sets(infer.Derainer(model), ev, os.path.join(workdir, "eval", f"step_{step}"),
+                          {"checkpoint": path, "step": int(step)}, data_dir)
+  for name, summary in results.items():
+    print(f"[{name}] step {step}\n{format_table(summary)}")
   return results
+
+
+def eval_overrides(model_cfg) -> dict:
+  """The fields of a model config that may differ from the checkpoint's: how it computes."""
+  return {k: model_cfg[k] for k in ("scan", "dtype") if k in model_cfg}
 
 
 def format_table(summary: dict) -> str:

@@ -53,6 +53,10 @@ class Derainer:
     self._state = state
     self._forward = jax.jit(functools.partial(_forward, graphdef))
 
+  def update(self, params: dict) -> None:
+    """Swaps in new weights of the same structure (training's validation), with no recompile."""
+    nnx.replace_by_pure_dict(self._state, params)
+
   def batch(self, images: np.ndarray | jax.Array) -> jax.Array:
     """(N, H, W, 3) -> (N, H, W, 3), unclamped float32."""
     return self._forward(self._state, jnp.asarray(images, jnp.float32))

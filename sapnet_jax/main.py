@@ -1,18 +1,29 @@
 """Entry point for experiments: python -m sapnet_jax.main --config=configs/X.py --workdir=W.
 
-    --mode=eval  evaluates the latest (or --config.eval.step) checkpoint in W/checkpoints on the
-                 config's test sets and writes reports into W/eval/.
-Config fields can be overridden on the command line: --config.eval.step=1000.
+    --mode=train  (default) trains the config in W, resuming from W/checkpoints if it holds any;
+                  TensorBoard logs in W/tensorboard, validation reports in W/eval/step_N/.
+    --mode=eval   evaluates the latest (or --config.eval.step) checkpoint in W/checkpoints on the
+                  config's test sets and writes reports into W/eval/.
+Config fields can be overridden on the command line: --config.train.num_steps=1000.
+On several hosts (TPU pod slices, multi-node GPU) add --multihost: every process runs the same
+command and jax.distributed.initialize() connects them (see launch/README.md).
 """
 
-from absl import app, flags
+import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sapnet_jax import evaluate
+from sapnet_jax import evaluate, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory of the experiment's checkpoints and reports.")
-flags.DEFINE_enum("mode", "eval", ["eval"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (one process "
+                  "per host; coordinator from the environment or the --coordinator flags).")
+flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host GPU; TPU VMs and "
+                    "SLURM find it themselves).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host GPU).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host GPU).")
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:variant]).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -21,7 +32,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  evaluate.evaluate_workdir(FLAGS.config, FLAGS.workdir)
+  if FLAGS.multihost:
+    jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)  # one host speaks
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    evaluate.evaluate_workdir(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,286 @@
+"""Training: the train state, one sharded jit step, the Optax schedule, and the loop.
+
+One code path from 1 CPU to a TPU pod: the step is `jax.jit` with in/out shardings over a
+`jax.sharding.Mesh` with one axis, "data"; parameters and optimizer state are replicated, the
+batch is split along it, and the state is donated. Each process feeds its own slice of the
+global batch (`jax.make_array_from_process_local_data`).
+
+A step whose loss terms or gradients are not finite leaves the state unchanged and records the
+step and the offending terms; the loop stops with a message naming them before anything else
+is saved, so the last checkpoint stays the last good state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from sapnet_jax import checkpoint, evaluate, infer, models, objectives, pretrained, summaries
+from sapnet_jax.data import imageio
+
+GRAD_TERM = "gradients"
+# (model, frozen nets, batch, epoch) -> (scalar to minimise, {term name: scalar}); see objectives.
+LossFn = Callable[[nnx.Module, Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+class TrainingDiverged(RuntimeError):
+  """A loss term or the gradients became NaN or infinite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # train steps done (micro-batches when accumulating gradients)
+  params: Any  # the model's nnx.Param state
+  opt_state: Any
+  bad_step: jax.Array  # first step with a non-finite loss term or gradient; -1 if none
+  bad_terms: jax.Array  # bit i: term i of Trainer.term_names (gradients last) was non-finite
+
+
+def make_schedule(optim: Any, steps_per_epoch: int) -> optax.Schedule:
+  """Learning rate per optimizer update: x decay_factor from each milestone epoch on."""
+  updates_per_epoch = steps_per_epoch / optim.grad_accum_steps
+  boundaries = {int(round(e * updates_per_epoch)): optim.decay_factor for e in optim.milestones}
+  return optax.piecewise_constant_schedule(optim.lr, boundaries)
+
+
+def make_optimizer(optim: Any, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam (PyTorch's defaults), optional global-norm clipping and gradient accumulation."""
+  tx = optax.adam(make_schedule(optim, steps_per_epoch), b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  if optim.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
+  if optim.grad_accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=optim.grad_accum_steps)
+  return tx
+
+
+class Trainer:
+  """The jitted, sharded train step for one model, optimizer and loss configuration."""
+
+  def __init__(self, graphdef: Any, optim: Any, loss_fn: LossFn, steps_per_epoch: int,
+               mesh: jax.sharding.Mesh | None = None):
+    self.graphdef, self.loss_fn, self.optim = graphdef, loss_fn, optim
+    self.steps_per_epoch = steps_per_epoch
+    self.tx = make_optimizer(optim, steps_per_epoch)
+    self.schedule = make_schedule(optim, steps_per_epoch)
+    self.mesh = mesh or jax.make_mesh((jax.device_count(),), ("data",))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    self.term_names: tuple[str, ...] = ()  # the loss terms, known once the step is traced
+    self._jitted = None
+
+  def init_state(self, params: Any) -> TrainState:
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=self.tx.init(params), bad_step=jnp.full((), -1, jnp.int32),
+                       bad_terms=jnp.zeros((), jnp.int32))
+    return jax.device_put(state, self.replicated)
+
+  def lr(self, step: jax.Array | int) -> jax.Array:
+    return self.schedule(step // self.optim.grad_accum_steps)
+
+  def loss(self, params: Any, frozen: Any, batch: dict, epoch: jax.Array):
+    return self.loss_fn(nnx.merge(self.graphdef, params), frozen, batch, epoch)
+
+  def step_fn(self, state: TrainState, batch: dict, frozen: Any) -> tuple[TrainState, dict]:
+    """One update (unjitted): returns the new state and the step's metrics."""
+    epoch = state.step // self.steps_per_epoch
+    (total, terms), grads = jax.value_and_grad(self.loss, has_aux=True)(
+        state.params, frozen, batch, epoch)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    grad_norm = optax.global_norm(grads)
+    self.term_names = tuple(sorted(terms))
+    bad = jnp.stack([~jnp.isfinite(terms[k]) for k in self.term_names] + [~jnp.isfinite(grad_norm)])
+    ok = ~jnp.any(bad)
+    first_bad = (state.bad_step < 0) & ~ok
+
+    def keep_if_ok(new, old):
+      return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep_if_ok(optax.apply_updates(state.params, updates), state.params),
+        opt_state=keep_if_ok(opt_state, state.opt_state),
+        bad_step=jnp.where(first_bad, state.step, state.bad_step),
+        bad_terms=jnp.where(first_bad, jnp.sum(bad * 2 ** jnp.arange(bad.shape[0])), state.bad_terms
+                            ).astype(jnp.int32))
+    metrics = {**terms, "loss": total, "grad_norm": grad_norm, "lr": self.lr(state.step)}
+    return new_state, metrics
+
+  def __call__(self, state: TrainState, batch: dict, frozen: Any) -> tuple[TrainState, dict]:
+    """The jitted step; `batch` holds global arrays sharded along "data"."""
+    if self._jitted is None:
+      def shard(tree, sharding):
+        return jax.tree.map(lambda _: sharding, tree)
+      self._jitted = jax.jit(
+          self.step_fn,
+          in_shardings=(shard(state, self.replicated), shard(batch, self.batch_sharding),
+                        shard(frozen, self.replicated)),
+          out_shardings=(shard(state, self.replicated), self.replicated),
+          donate_argnums=0)
+    return self._jitted(state, batch, frozen)
+
+  def global_batch(self, local: dict) -> dict:
+    """Assembles every process's slice of the batch into arrays sharded along "data"."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+            for k, v in local.items()}
+
+  def check_finite(self, state: TrainState) -> None:
+    """Raises TrainingDiverged naming the first bad step and its non-finite terms."""
+    bad_step = int(jax.device_get(state.bad_step))
+    if bad_step < 0:
+      return
+    bits = int(jax.device_get(state.bad_terms))
+    names = [n for i, n in enumerate(self.term_names + (GRAD_TERM,)) if bits >> i & 1]
+    raise TrainingDiverged(f"step {bad_step}: non-finite {', '.join(names)}; stopped before "
+                           "saving, so the last checkpoint is the last good state")
+
+
+def steps_per_epoch(config: Any) -> int:
+  from sapnet_jax.data import pipeline  # deferred: grain/TFDS only when a dataset is read
+  return max(1, pipeline.epoch_size(config.data) // config.data.global_batch_size)
+
+
+def total_steps(config: Any, per_epoch: int) -> int:
+  return int(config.train.num_steps) or int(config.train.num_epochs) * per_epoch
+
+
+def initial_model(config: Any) -> nnx.Module:
+  """The model of `config.model`, randomly initialised or (`train.init_weights`) pretrained."""
+  model = models.build(models.config_from_dict(config.model.to_dict()), nnx.Rngs(config.seed))
+  if config.train.init_weights:
+    source = pretrained.load(config.train.init_weights)
+    diff = checkpoint.config_differences(models.config_to_dict(source.cfg),
+                                         models.config_to_dict(model.cfg))
+    diff = [d for d in diff if d.split(":")[0] not in COMPUTE_FIELDS]
+    if diff:
+      raise ValueError(f"train.init_weights={config.train.init_weights!r} is another "
+                       "architecture than config.model: " + "; ".join(diff))
+    nnx.update(model, nnx.state(source, nnx.Param))
+  return model
+
+
+# Model config fields that change how a network computes, not what it is: a checkpoint may be
+# resumed or fine-tuned with other values.
+COMPUTE_FIELDS = ("scan", "dtype", "remat", "conv_wgrad")
+
+
+def _architecture(model_config: dict) -> dict:
+  return {k: v for k, v in model_config.items() if k not in COMPUTE_FIELDS}
+
+
+def _host_params(params: Any) -> Any:
+  # Replicated arrays: every process holds a whole copy on each of its devices.
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), params)
+
+
+class Validator:
+  """Periodic validation through the evaluation code (sapnet_jax.evaluate), on process 0."""
+
+  def __init__(self, config: Any, graphdef: Any, params: Any, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.derainer = infer.Derainer(nnx.merge(graphdef, _host_params(params)))
+    self.metric = config.train.val_metric
+
+  def __call__(self, step: int, params: Any, writer: summaries.Writer) -> float:
+    """Scores `params` on config.eval.sets; returns the first set's mean `train.val_metric`."""
+    value = np.float32(np.nan)
+    if jax.process_index() == 0:
+      self.derainer.update(_host_params(params))
+      data_dir = self.config.data.get("data_dir")
+      results = evaluate.evaluate_sets(
+          self.derainer, self.config.eval, os.path.join(self.workdir, "eval", f"step_{step}"),
+          {"step": step}, data_dir, progress=False)
+      for name, summary in results.items():
+        writer.scalars(step, summary["means"], prefix=f"val/{name}")
+        grid = os.path.join(self.workdir, "eval", f"step_{step}", name, "grid.png")
+        if os.path.exists(grid):
+          writer.image(step, f"val/{name}", imageio.to_uint8(imageio.read_image(grid)))
+      value = np.float32(next(iter(results.values()))["means"][self.metric])
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      value = multihost_utils.broadcast_one_to_all(value)
+    return float(value)
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest readable checkpoint; returns the
+  last logged metrics (and the last validation result under "val")."""
+  from sapnet_jax.data import pipeline  # deferred: see steps_per_epoch
+  os.makedirs(workdir, exist_ok=True)
+  if config.data.get("prepare", False) and jax.process_index() == 0:
+    from sapnet_jax.data import prepare
+    prepare.build(config.data.dataset, data_dir=config.data.get("data_dir"),
+                  manual_dir=config.data.get("manual_dir"))
+  model = initial_model(config)
+  model_config = models.config_to_dict(model.cfg)
+  graphdef, params = nnx.split(model)
+  params = nnx.to_pure_dict(params)
+  per_epoch = steps_per_epoch(config)
+  last = total_steps(config, per_epoch)
+  loss_fn, frozen = objectives.build(config)
+  trainer = Trainer(graphdef, config.optim, loss_fn, per_epoch)
+  state = trainer.init_state(params)
+  data = pipeline.make_train_iterator(config.data, seed=config.data.seed)
+  ckpts = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"),
+                                      keep=config.train.keep_checkpoints,
+                                      async_save=config.train.async_checkpoints,
+                                      compare=_architecture)
+  restored = ckpts.restore_latest(state.params, state.replace(params=None), model_config, data)
+  if restored is not None:
+    step, params, rest = restored
+    state = rest.replace(params=params)
+    logging.info("resumed from step %d of %s", step, ckpts.directory)
+  start = int(jax.device_get(state.step))
+  writer = summaries.Writer(workdir, enabled=jax.process_index() == 0)
+  validator = Validator(config, graphdef, state.params, workdir)
+  tr = config.train
+  result: dict = {}
+
+  def save(step: int, val: float | None) -> None:
+    trainer.check_finite(state)  # never save past a non-finite step
+    ckpts.save(step, state.params, state.replace(params=None), model_config,
+               config.to_dict(), data, val)
+
+  bar = tqdm(total=last, initial=start, unit="step", disable=None, file=sys.stderr,
+             dynamic_ncols=True)
+  t0, images, last_log = time.perf_counter(), 0, start
+  try:
+    for step in range(start + 1, last + 1):
+      state, metrics = trainer(state, trainer.global_batch(next(data)), frozen)
+      images += config.data.global_batch_size
+      bar.update(1)
+      val = None
+      if step % tr.log_every == 0 or step == last:
+        trainer.check_finite(state)
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        dt = time.perf_counter() - t0
+        rates = {"steps/s": (step - last_log) / dt, "images/s": images / dt}
+        writer.scalars(step, {**values, **rates})
+        line = summaries.console_line(step, last, (step - 1) // per_epoch, values, rates)
+        tqdm.write(line, file=sys.stderr)
+        result = {**values, **rates}
+        t0, images, last_log = time.perf_counter(), 0, step
+      if step == last or (tr.eval_every and step % tr.eval_every == 0):
+        trainer.check_finite(state)
+        val = validator(step, state.params, writer)
+        result["val"] = val
+        logging.info("step %d: validation %s %.4f", step, tr.val_metric, val)
+      if step % tr.save_every == 0 or step == last:
+        save(step, val)
+  finally:
+    bar.close()
+    ckpts.wait()
+    writer.close()
+  ckpts.close()
+  return result
