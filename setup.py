@@ -27,6 +27,7 @@ setup(
         "pillow>=10",
         "tqdm>=4.66",
         "numpy>=1.26",
+        "scipy>=1.11",
     ],
     extras_require={
         "test": ["pytest>=8", "scikit-image>=0.22"],
