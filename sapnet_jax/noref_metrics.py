@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 
 import numpy as np
 from scipy import ndimage, optimize, signal, special
@@ -150,7 +151,8 @@ def niqe(img: np.ndarray, crop_border: int = 0) -> float:
   right remainders dropped). The features of the blocks are fitted with a Gaussian, so at least
   two blocks are needed (192x96 or 96x192 pixels; BasicSR fails on one, MATLAB's cov of one
   sample is 0): smaller images raise ValueError. Blocks without texture give NaN features and
-  are left out of the fit, as in the reference; if all are, the result is NaN.
+  are left out of the fit, as in the reference; if fewer than two remain (BasicSR then fails in
+  pinv), ValueError.
   """
   y = _y_channel(_as_uint8(img, "niqe"))
   if crop_border:
@@ -164,9 +166,25 @@ def niqe(img: np.ndarray, crop_border: int = 0) -> float:
         f"{2 * NIQE_BLOCK}x{NIQE_BLOCK} or {NIQE_BLOCK}x{2 * NIQE_BLOCK} pixels (width x height)"
         f"{cropped}; got {w}x{h}")
   params = _niqe_params()
-  window = params["gaussian_window"]
   y = y[:nh * NIQE_BLOCK, :nw * NIQE_BLOCK].round()
 
+  with warnings.catch_warnings():
+    # Blocks without texture have empty AGGD sides: NaN features, left out below, as BasicSR.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    feats = _niqe_features(y, params["gaussian_window"], nh, nw)
+  valid = feats[~np.isnan(feats).any(axis=1)]
+  if len(valid) < 2:
+    raise ValueError(f"niqe: only {len(valid)} of the {nh * nw} {NIQE_BLOCK}x{NIQE_BLOCK} blocks "
+                     "have texture (a flat image?); NIQE needs two")
+  mu_dist = np.nanmean(feats, axis=0)
+  cov_dist = np.cov(valid, rowvar=False)
+  diff = params["mu_pris_param"] - mu_dist
+  invcov = np.linalg.pinv((params["cov_pris_param"] + cov_dist) / 2)
+  return float(np.squeeze(np.sqrt(diff @ invcov @ diff.T)))
+
+
+def _niqe_features(y: np.ndarray, window: np.ndarray, nh: int, nw: int) -> np.ndarray:
+  """(blocks, 36) features: 18 per block at full scale, 18 at half scale."""
   feats = []
   for scale in (1, 2):
     # float32 throughout, as BasicSR: ndimage.convolve returns its input's dtype.
@@ -178,13 +196,7 @@ def niqe(img: np.ndarray, crop_border: int = 0) -> float:
                            for j in range(nw) for i in range(nh)]))
     if scale == 1:
       y = _matlab_half(y / np.float32(255.0)) * np.float32(255.0)
-  feats = np.concatenate(feats, axis=1)
-
-  mu_dist = np.nanmean(feats, axis=0)
-  cov_dist = np.cov(feats[~np.isnan(feats).any(axis=1)], rowvar=False)
-  diff = params["mu_pris_param"] - mu_dist
-  invcov = np.linalg.pinv((params["cov_pris_param"] + cov_dist) / 2)
-  return float(np.squeeze(np.sqrt(diff @ invcov @ diff.T)))
+  return np.concatenate(feats, axis=1)
 
 
 # -------------------------------------------------------------------------------------- BRISQUE
@@ -231,7 +243,8 @@ def _aggd_root(x: np.ndarray) -> tuple[float, float, float, float]:
 
   alpha = optimize.root(phi, [0.2]).x[0]
   const = np.sqrt(special.gamma(1 / alpha) / special.gamma(3 / alpha))
-  mean = (np.sqrt(var_r) - np.sqrt(var_l)) * const * (special.gamma(2 / alpha) / special.gamma(1 / alpha))
+  ratio = special.gamma(2 / alpha) / special.gamma(1 / alpha)
+  mean = (np.sqrt(var_r) - np.sqrt(var_l)) * const * ratio
   return alpha, mean, var_l, var_r
 
 
@@ -265,7 +278,8 @@ def _opencv_half_cubic(img: np.ndarray) -> np.ndarray:
 def brisque(img: np.ndarray) -> float:
   """BRISQUE of one image (lower is better), as the `brisque` package 0.2.0 scores the 8-bit
   RGB image; greyscale input is used as the grey channel directly. Sides under 14 pixels raise
-  ValueError (the half-scale image would not cover the 7x7 window)."""
+  ValueError (the half-scale image would not cover the 7x7 window), and so does a featureless
+  (flat) image, for which the reference gives NaN."""
   u8 = _as_uint8(img, "brisque")
   h, w = u8.shape[:2]
   if min(h, w) < BRISQUE_MIN_SIDE:
@@ -275,8 +289,14 @@ def brisque(img: np.ndarray) -> float:
   # finding below turns 1-ulp differences into ~1e-6 in the shape features.
   x = u8 * (1.0 / 255.0)
   gray = x[..., 0] if x.shape[-1] == 1 else x @ np.array([0.2125, 0.7154, 0.0721])
-  feats = np.array(_brisque_scale_features(gray)
-                   + _brisque_scale_features(_opencv_half_cubic(gray)), np.float64)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # empty AGGD sides: checked just below
+    feats = np.array(_brisque_scale_features(gray)
+                     + _brisque_scale_features(_opencv_half_cubic(gray)), np.float64)
+  if not np.all(np.isfinite(feats)):
+    # The reference returns NaN here (no negative or no positive MSCN coefficients).
+    raise ValueError("brisque: the image has too little texture (a flat image?); BRISQUE is "
+                     "undefined for it")
   p = _brisque_params()
   lo, hi = p["feature_min"], p["feature_max"]
   scaled = -1 + (2.0 / (hi - lo) * (feats - lo))

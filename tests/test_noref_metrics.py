@@ -108,6 +108,18 @@ def test_brisque_too_small_and_bad_shapes():
     noref_metrics.niqe(np.zeros((200, 200), np.int64))
 
 
+def test_flat_images_raise_and_flat_blocks_are_left_out():
+  flat = np.full((200, 200, 3), 0.5, np.float32)
+  with pytest.raises(ValueError, match="only 0 of the 4 96x96 blocks have texture"):
+    noref_metrics.niqe(flat)
+  with pytest.raises(ValueError, match="brisque: the image has too little texture"):
+    noref_metrics.brisque(flat)
+  half = flat.copy()
+  half[:, :96] = np.random.default_rng(1).random((200, 96, 3))
+  assert np.isfinite(noref_metrics.niqe(half))  # the textured blocks suffice
+  assert np.isfinite(noref_metrics.brisque(half))
+
+
 def test_float_input_is_clamped_and_rounded_like_a_saved_image():
   img = EXPECTED["generated_rgb_101x197"]
   x = as_float(img) + np.float32(0.4 / 255)  # under half a level: same 8-bit image
