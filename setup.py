@@ -12,7 +12,8 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["sapnet_jax", "sapnet_jax.*"]),
-    package_data={"sapnet_jax": ["weights/*.npz", "weights/LICENSE-*.txt"]},
+    package_data={"sapnet_jax": ["weights/*.npz", "weights/LICENSE-*.txt", "iqa_params/*.npz",
+                            "iqa_params/README.txt"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",
@@ -26,6 +27,7 @@ setup(
         "pillow>=10",
         "tqdm>=4.66",
         "numpy>=1.26",
+        "scipy>=1.11",
     ],
     extras_require={
         "test": ["pytest>=8", "scikit-image>=0.22"],

@@ -40,8 +40,12 @@ CONVENTIONS = {
     "ssim_y": "SSIM on Y (BasicSR: Gaussian 11x11 sigma 1.5, valid region)",
     "psnr_y_matlab": "PSNR on Y as MATLAB rgb2ycbcr(im2double) with peak 1 (equals psnr_y)",
     "ssim_y_matlab": "SSIM on Y*255 as Wang's ssim.m (box downsampling for sides >= 384 px)",
-    "niqe": "NIQE of the output (lower is better)", "brisque": "BRISQUE of the output (lower is better)",
-    "niqe_input": "NIQE of the rainy input", "brisque_input": "BRISQUE of the rainy input",
+    "niqe": "NIQE of the output, Y of the 8-bit image, 96x96 blocks (BasicSR calculate_niqe; "
+            "lower is better)",
+    "brisque": "BRISQUE of the output, grey of the 8-bit image, LIVE SVR (brisque package "
+               "0.2.0, not MATLAB brisque.m; lower is better)",
+    "niqe_input": "NIQE of the rainy input (same convention)",
+    "brisque_input": "BRISQUE of the rainy input (same convention)",
 }
 
 
@@ -184,10 +188,14 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
         badness = -row["psnr_rgb"]
         images = [sample.rainy, out, sample.clean]
       else:
-        from sapnet_jax import noref_metrics  # deferred: only real photos need it
-        row = {"niqe": noref_metrics.niqe(out), "brisque": noref_metrics.brisque(out),
-               "niqe_input": noref_metrics.niqe(sample.rainy),
-               "brisque_input": noref_metrics.brisque(sample.rainy)}
+        try:
+          row = score_noref(out, sample.rainy, border)
+        except ValueError as e:  # e.g. too small for NIQE: a bad sample, like an unreadable one
+          if not skip_bad:
+            raise PairError(f"{sample.name}: {e}") from None
+          reports.skipped.append(f"{sample.name}: {e}")
+          tqdm.write(f"warning: skipped {sample.name}: {e}", file=sys.stderr)
+          continue
         badness = row["niqe"]
         images = [sample.rainy, out]
       reports.rows.append({"name": sample.name, **row, "seconds": time.perf_counter() - t0})
@@ -200,6 +208,16 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
     reports.write(complete=False)
   reports.write(complete=True)
   return reports.summary(complete=True)
+
+
+def score_noref(out: np.ndarray, rainy: np.ndarray, border: int = 0) -> dict[str, float]:
+  """NIQE and BRISQUE (sapnet_jax.noref_metrics) of the output and of the rainy input, less
+  `border` pixels on each side (for NIQE the same as BasicSR's crop_border)."""
+  from sapnet_jax import noref_metrics  # deferred: only real photos need it (and SciPy)
+  if border:
+    out, rainy = out[border:-border, border:-border], rainy[border:-border, border:-border]
+  return {"niqe": noref_metrics.niqe(out), "brisque": noref_metrics.brisque(out),
+          "niqe_input": noref_metrics.niqe(rainy), "brisque_input": noref_metrics.brisque(rainy)}
 
 
 def _identity(image: np.ndarray, **unused) -> np.ndarray:

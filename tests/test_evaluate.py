@@ -118,6 +118,57 @@ def test_interrupt_keeps_rows(tmp_path, weights, monkeypatch):
   assert report["count"] == 2 and not report["complete"]
 
 
+def _photos(root, sizes=((120, 210), (131, 197))):
+  """Textured stand-ins for real rainy photos, each holding two 96x96 NIQE blocks."""
+  root.mkdir(parents=True)
+  for i, (h, w) in enumerate(sizes):
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 110 + 60 * np.sin(xx / (7.0 + i)) * np.cos(yy / 11.0) + 30 * (xx > w // 3)
+    img = np.clip(base[..., None] + RNG.normal(0, 9, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(root / f"photo-{i}.png")
+  return root
+
+
+def _run_noref(folder, out, *extra):
+  return evaluate.main(["--weights", "identity", "--rainy", str(folder), "--json",
+                        str(out / "r.json"), "--csv", str(out / "r.csv"), *extra])
+
+
+def test_noref_reports_niqe_and_brisque(tmp_path, capsys):
+  from sapnet_jax import noref_metrics
+  folder = _photos(tmp_path / "real")
+  assert _run_noref(folder, tmp_path) == 0
+  report = json.loads((tmp_path / "r.json").read_text())
+  assert report["complete"] and report["count"] == 2 and not report["skipped"]
+  assert set(report["means"]) == set(evaluate.NOREF_KEYS) == set(report["conventions"])
+  for row in report["images"]:
+    image = read_image(folder / row["name"])
+    # identity + rounding to 8 bits reproduces the input, so every value is that of the file.
+    assert row["niqe"] == noref_metrics.niqe(image) == row["niqe_input"]
+    assert row["brisque"] == noref_metrics.brisque(image) == row["brisque_input"]
+  assert report["images"][0]["niqe"] != report["images"][1]["niqe"]
+  for k in evaluate.NOREF_KEYS:
+    assert report["means"][k] == pytest.approx(np.mean([r[k] for r in report["images"]]))
+  rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+  assert [r["name"] for r in rows] == ["photo-0.png", "photo-1.png"]
+  assert float(rows[0]["niqe"]) == pytest.approx(report["images"][0]["niqe"])
+  assert "niqe" in capsys.readouterr().out
+
+
+def test_noref_crop_border_and_too_small(tmp_path, capsys):
+  from sapnet_jax import noref_metrics
+  folder = _photos(tmp_path / "real", sizes=((120, 210), (60, 80)))
+  assert _run_noref(folder, tmp_path, "--crop-border", "4") == 1
+  assert "photo-1.png: niqe: the image must hold two 96x96 blocks" in capsys.readouterr().err
+  assert _run_noref(folder, tmp_path, "--crop-border", "4", "--skip-bad") == 0
+  report = json.loads((tmp_path / "r.json").read_text())
+  assert report["count"] == 1 and "photo-1.png" in report["skipped"][0]
+  image = read_image(folder / "photo-0.png")
+  assert report["images"][0]["niqe"] == noref_metrics.niqe(image, crop_border=4)
+  assert report["images"][0]["niqe"] != noref_metrics.niqe(image)
+  assert report["images"][0]["brisque"] == noref_metrics.brisque(image[4:-4, 4:-4])
+
+
 def _workdir(tmp_path, step):
   model = pdu.PDUNet(CFG, rngs=nnx.Rngs(1))
   checkpoint.save_model(model, tmp_path / "w" / "checkpoints", step=step)
