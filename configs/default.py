@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
       lpips_net="alex",  # alex (official) | vgg
       lpips_size=256,  # whole image resized to size x size; None keeps the patch size
       lpips_preprocess="standard",  # standard: [-1, 1] as lpips expects | official
-      lpips_reduction="mean",  # over the batch; official: sum
+      lpips_reduction="mean",  # over the batch | sum | first (official: image 0 only)
       seg_weight=0.1,
       seg_alpha=1.0,
       seg_gamma=2.0,

@@ -18,8 +18,10 @@ split it and pass its state to `jax.jit`). Its weights go through `stop_gradient
 term, so no gradient reaches them even if they are differentiated, and they are never part of
 the optimizer: build `nnx.Optimizer(model, tx, wrt=nnx.Param)` over the de-raining model only.
 
-The returned dict holds every computed term unweighted (`neg_ssim`, `contrast`, `lpips`, `seg`)
-and `total` = sum of weight x term. Terms whose weight is 0 are neither computed nor reported.
+`total_loss` returns `(total, terms)`: `terms` holds every computed term unweighted, by name:
+`ssim` (the loss −SSIM, so it is negative), `pcl` or `l1_cl` (the contrastive term chosen by
+config.loss.contrast), `lpips`, `seg`, and `total` = sum of weight x term (= the first
+element, so that `jax.value_and_grad(..., has_aux=True)` works directly). Terms whose weight is 0 are neither computed nor reported.
 Values out of [0, 1]: the de-rained image is used as it is (the network's outputs are not
 clamped during training, as in the official code); `clean` and `rainy` are clipped to [0, 1]
 under jit, and raise a ValueError naming the argument when called eagerly. Shapes and channel
@@ -49,6 +51,8 @@ LPIPS_TAPS = {"vgg": vgg.LPIPS_LAYERS, "alex": alexnet.LAYERS}
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 CONTRASTS = ("pcl", "l1", "none")
+# "first": the official LpisLoss returns inside its loop over the batch, after image 0.
+LPIPS_REDUCTIONS = ("mean", "sum", "first")
 
 
 class LossConfigError(ValueError):
@@ -376,18 +380,18 @@ def total_loss(cfg: Any, frozen: FrozenNets, derained: jax.Array, clean: jax.Arr
   remat = bool(_field(cfg, "remat"))
   terms, weights = {}, {}
   if _field(cfg, "ssim_weight") != 0:
-    terms["neg_ssim"], weights["neg_ssim"] = ssim_loss(derained, clean), _field(cfg, "ssim_weight")
+    terms["ssim"], weights["ssim"] = ssim_loss(derained, clean), _field(cfg, "ssim_weight")
   contrast = _field(cfg, "contrast")
   if contrast != "none" and _field(cfg, "contrast_weight") != 0:
     eps = _field(cfg, "contrast_eps")
     if contrast == "pcl":
       _require(frozen.vgg, "vgg", "config.loss.contrast='pcl'")
-      terms["contrast"] = pcl(frozen.vgg, derained, clean, rainy, layers=tuple(_field(cfg, "pcl_layers")),
+      terms["pcl"] = pcl(frozen.vgg, derained, clean, rainy, layers=tuple(_field(cfg, "pcl_layers")),
                               weights=tuple(_field(cfg, "pcl_layer_weights")), eps=eps,
                               imagenet_norm=_field(cfg, "pcl_imagenet_norm"), remat=remat)
     else:
-      terms["contrast"] = l1_contrastive(derained, clean, rainy, eps)
-    weights["contrast"] = _field(cfg, "contrast_weight")
+      terms["l1_cl"] = l1_contrastive(derained, clean, rainy, eps)
+    weights["pcl" if contrast == "pcl" else "l1_cl"] = _field(cfg, "contrast_weight")
   if needs["lpips_vgg"] or needs["lpips_alex"]:
     net = _field(cfg, "lpips_net")
     trunk = frozen.vgg if net == "vgg" else frozen.alexnet
@@ -397,9 +401,10 @@ def total_loss(cfg: Any, frozen: FrozenNets, derained: jax.Array, clean: jax.Arr
                       size=_field(cfg, "lpips_size"), preprocess=_field(cfg, "lpips_preprocess"),
                       remat=remat)
     reduction = _field(cfg, "lpips_reduction")
-    if reduction not in ("mean", "sum"):
-      raise LossConfigError(f"config.loss.lpips_reduction must be 'mean' or 'sum', got {reduction!r}")
-    terms["lpips"] = jnp.sum(per_image) if reduction == "sum" else jnp.mean(per_image)
+    if reduction not in LPIPS_REDUCTIONS:
+      raise LossConfigError(f"config.loss.lpips_reduction must be one of {LPIPS_REDUCTIONS}, "
+                            f"got {reduction!r}")
+    terms["lpips"] = {"mean": jnp.mean, "sum": jnp.sum, "first": lambda v: v[0]}[reduction](per_image)
     weights["lpips"] = _field(cfg, "lpips_weight")
   if needs["seg"]:
     _require(frozen.seg, "seg", "config.loss.seg_weight != 0")

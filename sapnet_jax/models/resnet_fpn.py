@@ -9,8 +9,9 @@ Decoder (official `Modeling/fpn.py`, no activations or norms between its convs):
     p_k = smooth_k_2(smooth_k_1(p_k))              # two 3x3 convs per stair, 256 -> 256 -> 128
     logits = classify(concat[up(p5), up(p4), up(p3), p2])   # 3x3 conv, 512 -> classes
 
-`up` is bilinear with align_corners=True (as the official code's F.interpolate). Logits are at
-1/4 of the input resolution. Parameter names mirror torchvision (`layer3/5/conv2`) and the
+`up` is bilinear with half-pixel centres (align_corners=False): the official code calls
+`F.upsample(..., mode='bilinear')`, whose default has been align_corners=False since PyTorch 0.4.
+Logits are at 1/4 of the input resolution (the official loss uses them there). Parameter names mirror torchvision (`layer3/5/conv2`) and the
 official decoder (`smooth2_1`) so that converters stay a table.
 """
 
@@ -112,9 +113,12 @@ class ResNet(nnx.Module):
     return tuple(outs)
 
 
-def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) weights of 1-d linear interpolation with align_corners=True."""
-  pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+def _interp_matrix(n_in: int, n_out: int, align_corners: bool = False) -> np.ndarray:
+  """(n_out, n_in) weights of PyTorch's 1-d linear interpolation to a given size."""
+  if align_corners:
+    pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+  else:  # half-pixel centres; PyTorch clamps source positions below 0 to 0
+    pos = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
   lo = np.clip(np.floor(pos).astype(np.int64), 0, n_in - 1)
   hi = np.minimum(lo + 1, n_in - 1)
   frac = pos - lo
@@ -124,13 +128,17 @@ def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
   return m.astype(np.float32)
 
 
-def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """PyTorch F.interpolate(mode="bilinear", align_corners=True) on NHWC, as two small matmuls."""
+def resize_bilinear(x: jax.Array, size: tuple[int, int], align_corners: bool = False
+                    ) -> jax.Array:
+  """PyTorch F.interpolate(x, size, mode="bilinear", align_corners=...) on NHWC.
+
+  Two small interpolation matmuls: exact PyTorch semantics for any size ratio, and cheaper on
+  CPU than a gather."""
   h, w = x.shape[1:3]
   if (h, w) == tuple(size):
     return x
-  mh = jnp.asarray(_interp_matrix(h, size[0]), x.dtype)
-  mw = jnp.asarray(_interp_matrix(w, size[1]), x.dtype)
+  mh = jnp.asarray(_interp_matrix(h, size[0], align_corners), x.dtype)
+  mw = jnp.asarray(_interp_matrix(w, size[1], align_corners), x.dtype)
   return jnp.einsum("ph,nhwc,qw->npqc", mh, x, mw)
 
 
@@ -154,7 +162,7 @@ class FPNDecoder(nnx.Module):
     self.classify = conv(4 * s, cfg.num_classes, 3)
 
   def __call__(self, c2, c3, c4, c5) -> jax.Array:
-    up = resize_bilinear_align_corners
+    up = resize_bilinear
     p5 = self.toplayer(c5)
     p4 = up(p5, c4.shape[1:3]) + self.latlayer1(c4)
     p3 = up(p4, c3.shape[1:3]) + self.latlayer2(c3)
