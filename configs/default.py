@@ -68,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
       alexnet_weights=None,
       lpips_weights=None,  # the LPIPS v0.1 linear layers of lpips_net
       seg_encoder_weights=None,  # torchvision/timm ResNet-101
-      perceptual_dtype="float32",  # float32 | bfloat16 for the frozen nets' convolutions
-      remat=False,  # recompute the frozen nets' activations in the backward pass
+      perceptual_dtype="float32",  # float32 | bfloat16 (slower on CPU: docs/fidelity.md)
+      remat=False,  # recompute the frozen nets' activations in backward (slower on CPU)
   ), type_safe=False)
   return config
