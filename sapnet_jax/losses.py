@@ -13,8 +13,9 @@ Interface for the trainer (all images NHWC float32, nominally in [0, 1]):
 `total_loss` is pure and jit-able: close over `config.loss` (a ConfigDict is not hashable);
 `epoch` may be a Python int (the seg term is then skipped, not computed, before its start
 epoch) or a traced scalar (the term sits behind `lax.cond`). `frozen` is an nnx.Module holding
-VGG-16 / AlexNet / the LPIPS heads / the ResNet-FPN; pass it as an argument of `nnx.jit` (or
-split it and pass its state to `jax.jit`). Its weights go through `stop_gradient` inside every
+VGG-16 / AlexNet / the LPIPS heads / the ResNet-FPN. NNX modules are JAX pytrees, so `frozen`
+goes through `jax.jit` (and `jax.tree.map` for shardings) as an ordinary argument, as
+train.py passes it; `nnx.jit` works too. Its weights go through `stop_gradient` inside every
 term, so no gradient reaches them even if they are differentiated, and they are never part of
 the optimizer: build `nnx.Optimizer(model, tx, wrt=nnx.Param)` over the de-raining model only.
 
