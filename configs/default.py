@@ -58,4 +58,40 @@ def get_config() -> ml_collections.ConfigDict:
       overlap=64,
       skip_bad=False,
   ))
+  # Losses (sapnet_jax/losses.py, SYSTEM.md §2). Weights are the official code's effective ones
+  # (train2.py: -SSIM + 0.1*(4*PCL) + 0.1*(10*LPIPS) + 0.1*seg); the paper writes
+  # lambda = 1, 0.1, 0.1, 0.1 for ssim, seg, pcl, lpisl. Differences: docs/fidelity.md.
+  config.loss = ml_collections.ConfigDict(dict(
+      ssim_weight=1.0,  # on -SSIM (11x11 Gaussian, sigma 1.5, zero padding)
+      contrast="pcl",  # pcl | l1 (paper Table 3 "L1-CL") | none ("No-CL")
+      contrast_weight=0.4,  # official 0.1 x 4; paper 0.1
+      contrast_eps=1e-7,
+      pcl_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+      pcl_layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4),
+      pcl_imagenet_norm=False,  # official: VGG sees [0, 1] images as they are
+      lpips_weight=1.0,  # official 0.1 x 10 (but detached there); paper 0.1
+      lpips_net="alex",  # alex (official) | vgg
+      lpips_size=256,  # whole image resized to size x size; None keeps the patch size
+      lpips_preprocess="standard",  # standard: [-1, 1] as lpips expects | official
+      lpips_reduction="mean",  # over the batch | sum | first (official: image 0 only)
+      seg_weight=0.1,
+      seg_alpha=1.0,
+      seg_gamma=2.0,
+      seg_eps=1e-7,  # probabilities clamped to [eps, 1 - eps] (official FocalLoss)
+      seg_start_epoch=51,  # first 0-based epoch with the seg term (official: `epoch > 50`)
+      seg_num_classes=21,
+      seg_resnet_depth=101,
+      seg_decoder_init_std=0.01,  # official fpn.py; the paper says 0.05
+      seg_imagenet_norm=False,  # official: the FPN sees [0, 1] images as they are
+      seg_seed=0,  # decoder init (and the encoder when no weights are given)
+      # Weight files: a converted .npz (python -m sapnet_jax.convert) or the original
+      # torchvision / timm / lpips file. None: the term fails naming the field, except seg,
+      # which then runs a random but fixed encoder and logs that.
+      vgg_weights=None,
+      alexnet_weights=None,
+      lpips_weights=None,  # the LPIPS v0.1 linear layers of lpips_net
+      seg_encoder_weights=None,  # torchvision/timm ResNet-101
+      perceptual_dtype="float32",  # float32 | bfloat16 (slower on CPU: docs/fidelity.md)
+      remat=False,  # recompute the frozen nets' activations in backward (slower on CPU)
+  ), type_safe=False)
   return config

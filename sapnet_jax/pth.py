@@ -193,3 +193,42 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       except PthError as e:
         raise PthError(f"{path}: {key}: {e}") from None
   return out
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a `.safetensors` file (how timm weights are published) into {key: array}.
+
+  The format is an 8-byte little-endian header length, a JSON header giving each tensor's
+  dtype, shape and byte range, then the raw little-endian data; bf16 becomes float32.
+  """
+  import json
+  path = os.fspath(path)
+  try:
+    with open(path, "rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      header = json.loads(f.read(n))
+      data = f.read()
+  except (OSError, struct.error, ValueError) as e:
+    raise PthError(f"{path}: not a readable safetensors file ({e})") from None
+  out = {}
+  for key, info in header.items():
+    if key == "__metadata__":
+      continue
+    begin, end = info["data_offsets"]
+    if info["dtype"] == "BF16":
+      raw = np.frombuffer(data[begin:end], np.uint16).astype(np.uint32) << 16
+      array = raw.view(np.float32)
+    elif info["dtype"] in _SAFETENSORS_DTYPES:
+      array = np.frombuffer(data[begin:end], _SAFETENSORS_DTYPES[info["dtype"]])
+    else:
+      raise PthError(f"{path}: {key}: unsupported safetensors dtype {info['dtype']}")
+    if array.size != int(np.prod(info["shape"])):
+      raise PthError(f"{path}: {key}: {array.size} values for shape {info['shape']}")
+    out[key] = array.reshape(info["shape"]).copy()
+  return out

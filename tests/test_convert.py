@@ -112,3 +112,97 @@ def test_cli_error_exit(tmp_path, capsys):
   assert convert.main([str(bad), "--out", str(tmp_path / "o")]) == 1
   assert "bad.pth" in capsys.readouterr().err
   assert not (tmp_path / "o").exists()
+
+
+# --- backbones of the losses ---------------------------------------------------------------
+
+@pytest.mark.parametrize("net,widths", [("vgg", (64, 128, 256, 512, 512)),
+                                        ("alex", (64, 192, 384, 256, 256))])
+def test_lpips_heads_from_the_lpips_pth(net, widths):
+  # The lpips package's own v0.1 files (PyTorch zip checkpoints), read without PyTorch.
+  path = shared_path(f"weights/lpips/{net}_v0.1.pth")
+  flat = convert.load_backbone(str(path), f"lpips_{net}")
+  sd = load_state_dict(path)
+  assert [flat[f"lin{k}"].shape for k in range(5)] == [(c,) for c in widths]
+  for k in range(5):
+    np.testing.assert_array_equal(flat[f"lin{k}"], sd[f"lin{k}.model.1.weight"][0, :, 0, 0])
+    assert flat[f"lin{k}"].min() >= 0  # LPIPS v0.1 heads are trained non-negative
+
+
+def test_backbone_cli_writes_npz_that_loads_back(tmp_path, capsys):
+  src = str(shared_path("weights/lpips/alex_v0.1.pth"))
+  out = tmp_path / "lpips_alex.npz"
+  assert convert.main([src, "--arch", "lpips_alex", "--out", str(out)]) == 0
+  assert "lpips_alex, 5 arrays, 1,152 values" in capsys.readouterr().out
+  again = convert.load_backbone(str(out), "lpips_alex")  # a converted .npz is taken as it is
+  ref = convert.load_backbone(src, "lpips_alex")
+  assert sorted(again) == sorted(ref) and all(np.array_equal(again[k], ref[k]) for k in ref)
+  assert convert.main([src, "--arch", "lpips_alex", "--out", str(tmp_path / "x")]) == 1
+  assert "FILE.npz" in capsys.readouterr().err
+
+
+def test_load_backbone_names_the_file(tmp_path):
+  bad = tmp_path / "vgg.pth"
+  bad.write_bytes(b"garbage")
+  with pytest.raises(convert.ConversionError, match="vgg.pth"):
+    convert.load_backbone(str(bad), "vgg16")
+  with pytest.raises(convert.ConversionError, match="unknown backbone"):
+    convert.load_backbone(str(bad), "vgg19")
+  lpips = str(shared_path("weights/lpips/alex_v0.1.pth"))
+  with pytest.raises(convert.ConversionError, match=r"alex_v0.1.pth: no key ending in 'features.0.weight'"):
+    convert.load_backbone(lpips, "vgg16")
+
+
+def test_download_checks_hash_and_uses_cache(tmp_path, monkeypatch):
+  # --download without network: a file:// URL stands for download.pytorch.org.
+  from sapnet_jax import download
+  payload = tmp_path / "remote" / "alex.pth"
+  payload.parent.mkdir()
+  payload.write_bytes(shared_path("weights/lpips/alex_v0.1.pth").read_bytes())
+  sha = download.sha256_of(str(payload))
+  assert sha == convert.DOWNLOADS["lpips_alex"][1]  # the pinned hash is the real file's
+  monkeypatch.setenv("SAPNET_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setitem(convert.DOWNLOADS, "lpips_alex", (payload.as_uri(), sha))
+  out = tmp_path / "la.npz"
+  assert convert.main(["--download", "lpips_alex", "--out", str(out)]) == 0
+  cached = tmp_path / "cache" / "lpips_alex_v0.1.pth"
+  assert cached.read_bytes() == payload.read_bytes()
+  payload.unlink()  # a second run must not touch the network
+  assert convert.fetch_backbone("lpips_alex") == str(cached)
+  cached.write_bytes(b"corrupt")  # a damaged cache entry is refused, naming the file
+  with pytest.raises(download.DownloadError, match="lpips_alex_v0.1.pth: SHA-256"):
+    convert.fetch_backbone("lpips_alex")
+  cached.unlink()
+  wrong = tmp_path / "remote" / "wrong.pth"
+  wrong.write_bytes(b"other bytes")
+  monkeypatch.setitem(convert.DOWNLOADS, "lpips_alex", (wrong.as_uri(), sha))
+  with pytest.raises(download.DownloadError, match="expected " + sha):
+    convert.fetch_backbone("lpips_alex")
+  assert not cached.exists()  # nothing half-written stays in the cache
+
+
+def test_torchvision_download_table():
+  # torchvision checks the 8 hex digits in its file names against the SHA-256; so do we.
+  for name in ("vgg16", "alexnet", "resnet101"):
+    url, sha = convert.DOWNLOADS[name]
+    assert url.startswith("https://download.pytorch.org/models/")
+    assert url.rsplit("-", 1)[-1] == sha[:8] + ".pth" and len(sha) == 64
+
+
+def test_safetensors_reader(tmp_path):
+  import json
+  import struct
+  from sapnet_jax.pth import load_safetensors
+  a = np.arange(6, dtype=np.float32).reshape(2, 3)
+  b = np.array([1.5, -2.0], np.float32)
+  b_bf16 = (b.view(np.uint32) >> 16).astype(np.uint16)  # exact in bf16
+  header = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+            "b": {"dtype": "BF16", "shape": [2], "data_offsets": [24, 28]},
+            "__metadata__": {"format": "pt"}}
+  raw = json.dumps(header).encode()
+  path = tmp_path / "m.safetensors"
+  path.write_bytes(struct.pack("<Q", len(raw)) + raw + a.tobytes() + b_bf16.tobytes())
+  got = load_safetensors(path)
+  np.testing.assert_array_equal(got["a"], a)
+  np.testing.assert_array_equal(got["b"], b)
+  assert set(got) == {"a", "b"}
