@@ -1,4 +1,4 @@
-"""MSNet (Qiu et al. 2022): shapes, parameter counts, registry, and its matching/supervised losses."""
+"""MSNet (Qiu et al. 2022): shapes, parameter counts, registry, matching and supervised losses."""
 
 import dataclasses
 
@@ -77,10 +77,14 @@ def test_parameter_count_formula_and_config_deltas():
   # Another unit: scales x depth CCLB convs, one dense 1x1 fuse from (units + 1) * c, and C
   # more inputs to the output fuse.
   more_units = dataclasses.replace(TINY, units=3)
-  assert _count(more_units) - base == TINY.scales * TINY.cclb_depth * _conv(c, c) + (3 * c * c + c) + c * c
+  assert _count(more_units) - base == (TINY.scales * TINY.cclb_depth * _conv(c, c)
+                                      + (3 * c * c + c) + c * c)
   # Another scale or CCLB layer: one C -> C 3x3 conv per affected CCLB.
-  assert _count(dataclasses.replace(TINY, scales=4)) - base == TINY.units * TINY.cclb_depth * _conv(c, c)
-  assert _count(dataclasses.replace(TINY, cclb_depth=3)) - base == TINY.units * TINY.scales * _conv(c, c)
+  per_cclb_layer = _conv(c, c)
+  assert _count(dataclasses.replace(TINY, scales=4)) - base == (
+      TINY.units * TINY.cclb_depth * per_cclb_layer)
+  assert _count(dataclasses.replace(TINY, cclb_depth=3)) - base == (
+      TINY.units * TINY.scales * per_cclb_layer)
   assert _count(dataclasses.replace(TINY, feature_layers=3)) - base == _conv(c, c)
 
 
@@ -90,7 +94,8 @@ def test_max_pool_ceil_keeps_partial_windows():
   assert got.shape == (2, 2, 2, 3)
   for i in range(2):
     for j in range(2):
-      np.testing.assert_array_equal(got[:, i, j], x[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4].max(axis=(1, 2)))
+      window = x[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+      np.testing.assert_array_equal(got[:, i, j], window.max(axis=(1, 2)))
 
 
 def test_upsample_crop_inverts_the_pool_grid():

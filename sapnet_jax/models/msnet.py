@@ -61,7 +61,8 @@ class MSNetConfig:
     if self.conv_wgrad not in WGRADS:
       raise ValueError(f"model.conv_wgrad must be one of {WGRADS}, got {self.conv_wgrad!r}")
     if self.dtype not in ("float32", "bfloat16", "float64"):
-      raise ValueError(f"model.dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}")
+      raise ValueError(
+          f"model.dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}")
 
   @property
   def pool_sizes(self) -> tuple[int, ...]:
