@@ -11,9 +11,9 @@ from typing import Any
 
 from flax import nnx
 
-from sapnet_jax.models import pdu
+from sapnet_jax.models import msnet, pdu
 
-FAMILIES = {"pdu": (pdu.PDUConfig, pdu.PDUNet)}
+FAMILIES = {"pdu": (pdu.PDUConfig, pdu.PDUNet), "msnet": (msnet.MSNetConfig, msnet.MSNet)}
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,0 +1,141 @@
+"""MSNet's losses: the semi-supervised matching loss and the supervised loss (Qiu et al. 2022).
+
+Matching loss (paper §3.1). The matching network's features of a batch, (B, H, W, C), are
+read as N = B·H·W feature vectors of dimension d = C, one per pixel, pooled over the whole
+batch; synthetic (s) and real (r) batches are reduced separately:
+
+    L_match = L_mean + L_covariance                                   (paper, first equation)
+    L_mean  = ||M_s − M_r||                                           (paper, second equation)
+    L_cov   = (1/d) ||(F_s − M_s)(F_s − M_s)^T − (F_r − M_r)(F_r − M_r)^T||_F    (third)
+
+with M the mean vector and F the d x N matrix of feature vectors. The paper writes the norms
+unsquared; that is the default here, and `squared=True` squares each term instead
+(||ΔM||² + ||ΔΣ||²_F / d², the smooth form that CORAL-style losses use). The paper's
+"(F − M)(F − M)^T" has no 1/(N − 1): taken literally it grows with the number of pixels per
+batch (and differs between two batches of different size even for identical distributions),
+so the default normalises it into the covariance, 1/(N − 1) as numpy.cov does;
+`cov_norm="biased"` uses 1/N and `cov_norm="none"` the paper's literal scatter matrix.
+The weight ω (paper §4.1: 1) is applied by the caller.
+
+Supervised loss. The paper does not say which loss supervises the synthetic pairs; we use
+ssim_weight·(−SSIM) + l1_weight·L1, both weights from the config (docs/fidelity.md, MSNet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+COV_NORMS = ("unbiased", "biased", "none")
+
+
+def feature_vectors(feat: jax.Array) -> jax.Array:
+  """(..., C) features as an (N, C) matrix of vectors, in float32 (float64 if given)."""
+  if feat.ndim < 2:
+    raise ValueError(f"features need a trailing channel axis, got shape {feat.shape}")
+  dtype = jnp.promote_types(feat.dtype, jnp.float32)
+  return feat.reshape(-1, feat.shape[-1]).astype(dtype)
+
+
+def covariance(vectors: jax.Array, cov_norm: str = "unbiased") -> jax.Array:
+  """(d, d) covariance of (N, d) vectors; "unbiased" equals numpy.cov(vectors, rowvar=False)."""
+  if cov_norm not in COV_NORMS:
+    raise ValueError(f"loss.matching_cov_norm must be one of {COV_NORMS}, got {cov_norm!r}")
+  n = vectors.shape[0]
+  if cov_norm == "unbiased" and n < 2:
+    raise ValueError(f"an unbiased covariance needs at least 2 feature vectors, got {n}")
+  # Centre first (two passes): E[xx^T] − mm^T cancels catastrophically for ReLU features
+  # whose mean is large against their spread.
+  centred = vectors - jnp.mean(vectors, axis=0)
+  scatter = centred.T @ centred
+  scale = {"unbiased": 1.0 / max(n - 1, 1), "biased": 1.0 / n, "none": 1.0}[cov_norm]
+  return scatter * scale
+
+
+def _norm(x: jax.Array) -> jax.Array:
+  """Euclidean/Frobenius norm whose gradient at x = 0 is 0 rather than NaN."""
+  sq = jnp.sum(x * x)
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def matching_loss(feat_syn: jax.Array, feat_real: jax.Array, *, squared: bool = False,
+                  cov_norm: str = "unbiased") -> tuple[jax.Array, dict[str, jax.Array]]:
+  """L_mean + L_cov between synthetic and real features (B, H, W, C); see the module doc.
+
+  The two batches may differ in size but must have the same channel count. Returns
+  (total, {"mean": L_mean, "cov": L_cov}), unweighted.
+  """
+  if feat_syn.shape[-1] != feat_real.shape[-1]:
+    raise ValueError(f"synthetic and real features differ in channels: {feat_syn.shape} vs "
+                     f"{feat_real.shape}")
+  xs, xr = feature_vectors(feat_syn), feature_vectors(feat_real)
+  d = xs.shape[-1]
+  delta_mean = jnp.mean(xs, axis=0) - jnp.mean(xr, axis=0)
+  delta_cov = covariance(xs, cov_norm) - covariance(xr, cov_norm)
+  if squared:
+    l_mean = jnp.sum(delta_mean * delta_mean)
+    l_cov = jnp.sum(delta_cov * delta_cov) / d**2
+  else:
+    l_mean = _norm(delta_mean)
+    l_cov = _norm(delta_cov) / d
+  return l_mean + l_cov, {"mean": l_mean, "cov": l_cov}
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+  g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma**2))
+  return (g / g.sum()).astype(np.float32)
+
+
+def _ssim(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Mean SSIM of NHWC images in [0, 1] with the project's -SSIM loss convention (SYSTEM.md §2).
+
+  11x11 Gaussian window, sigma 1.5, per channel, zero padding 5 ("same"), C1 = 0.01²,
+  C2 = 0.03², mean over the whole map. Kept local so this module has no dependency on the
+  SAPNet losses; it computes the same quantity as `sapnet_jax.losses.ssim`.
+  """
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  y = y.astype(x.dtype)
+  c = x.shape[-1]
+  stats = jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1)
+  g = jnp.asarray(_gaussian_window(), x.dtype)
+  # The 11x11 window is outer(g, g): a vertical then a horizontal depthwise 1-d pass.
+  for kernel, padding in ((g[:, None], ((5, 5), (0, 0))), (g[None, :], ((0, 0), (5, 5)))):
+    k = jnp.tile(kernel[:, :, None, None], (1, 1, 1, 5 * c))
+    stats = jax.lax.conv_general_dilated(stats, k, (1, 1), padding, feature_group_count=5 * c,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  mx, my, exx, eyy, exy = jnp.split(stats, 5, axis=-1)
+  vx, vy, cxy = exx - mx * mx, eyy - my * my, exy - mx * my
+  c1, c2 = 0.01**2, 0.03**2
+  ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+  return jnp.mean(ssim_map)
+
+
+def _weight(cfg: Any, name: str) -> float:
+  """A weight from a ConfigDict, dataclass or mapping; a missing one is an error naming it."""
+  value = cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
+  if value is None:
+    raise ValueError(f"loss.{name} is missing from the loss config")
+  return float(value)
+
+
+def supervised_loss(derained: jax.Array, clean: jax.Array,
+                    cfg: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """cfg.ssim_weight·(−SSIM) + cfg.l1_weight·L1 on the labelled (synthetic) pairs.
+
+  The paper (Qiu et al. 2022) does not name its supervised loss; this pairing of the
+  project's −SSIM loss with a pixel L1 is our choice (docs/fidelity.md, MSNet). Returns
+  (total, {"ssim": −SSIM, "l1": L1}), the terms unweighted.
+  """
+  if derained.shape != clean.shape:
+    raise ValueError(f"derained and clean images differ in shape: {derained.shape} vs "
+                     f"{clean.shape}")
+  neg_ssim = -_ssim(derained, clean)
+  dtype = jnp.promote_types(derained.dtype, jnp.float32)
+  l1 = jnp.mean(jnp.abs(derained.astype(dtype) - clean.astype(dtype)))
+  total = _weight(cfg, "ssim_weight") * neg_ssim + _weight(cfg, "l1_weight") * l1
+  return total, {"ssim": neg_ssim, "l1": l1}

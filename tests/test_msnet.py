@@ -1,0 +1,273 @@
+"""MSNet (Qiu et al. 2022): shapes, parameter counts, registry, matching and supervised losses."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import ndimage
+
+from sapnet_jax import checkpoint, matching_loss as ml, models
+from sapnet_jax.models import msnet
+
+TINY = msnet.MSNetConfig(units=2, channels=8, cclb_depth=2)
+
+
+def _conv(cin, cout):
+  return 9 * cin * cout + cout
+
+
+def _count(cfg):
+  return msnet.count_params(nnx.eval_shape(lambda: msnet.MSNet(cfg, rngs=nnx.Rngs(0))))
+
+
+def _numpy_init(cfg, seed=0):
+  """MSNet(cfg) with random weights drawn in numpy: eager jax.random initialisation compiles
+  one kernel per parameter shape, tens of seconds on a loaded 2-core CPU."""
+  model = nnx.eval_shape(lambda: msnet.MSNet(cfg, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(seed)
+  state = nnx.state(model, nnx.Param)
+  def draw(leaf):
+    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 10
+    return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), jnp.float32)
+  nnx.replace_by_pure_dict(state, jax.tree.map(draw, nnx.to_pure_dict(state)))
+  nnx.update(model, state)
+  return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return _numpy_init(TINY)
+
+
+# --- the network ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg", [TINY, msnet.MSNET], ids=["tiny", "default"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 5, 7, 3), (1, 37, 53, 3), (1, 101, 99, 3)])
+def test_output_and_feature_shapes_equal_input(cfg, shape):
+  # Sizes not divisible by the largest pool (4) come back uncropped and unpadded. Shapes are
+  # fixed at trace time, so tracing (no compile, no run) checks them.
+  out = jax.eval_shape(lambda x: msnet.MSNet(cfg, rngs=nnx.Rngs(0))(x, return_features=True),
+                       jax.ShapeDtypeStruct(shape, jnp.float32))
+  assert out[0].shape == shape and out[0].dtype == jnp.float32
+  assert out[1].shape == shape[:3] + (cfg.channels,)
+
+
+def test_forward_on_an_odd_size(tiny):
+  x = jax.random.uniform(jax.random.key(0), (2, 5, 7, 3))
+  y, feats = tiny(x, return_features=True)
+  assert y.shape == x.shape and feats.shape == (2, 5, 7, TINY.channels)
+  assert np.isfinite(np.asarray(y)).all()
+  np.testing.assert_array_equal(tiny(x), y)
+  np.testing.assert_array_equal(tiny.features(x), feats)
+
+
+def test_default_model_size():
+  # 3 scales, 32 channels (paper §4.1); 4 units, CCLB depth 3, 2 matching convs (our choice).
+  assert _count(msnet.MSNET) == 358_403
+
+
+def test_parameter_count_formula_and_config_deltas():
+  c = TINY.channels
+  base = _count(TINY)
+  assert base == msnet.expected_param_count(TINY)
+  # Another unit: scales x depth CCLB convs, one dense 1x1 fuse from (units + 1) * c, and C
+  # more inputs to the output fuse.
+  more_units = dataclasses.replace(TINY, units=3)
+  assert _count(more_units) - base == (TINY.scales * TINY.cclb_depth * _conv(c, c)
+                                      + (3 * c * c + c) + c * c)
+  # Another scale or CCLB layer: one C -> C 3x3 conv per affected CCLB.
+  per_cclb_layer = _conv(c, c)
+  assert _count(dataclasses.replace(TINY, scales=4)) - base == (
+      TINY.units * TINY.cclb_depth * per_cclb_layer)
+  assert _count(dataclasses.replace(TINY, cclb_depth=3)) - base == (
+      TINY.units * TINY.scales * per_cclb_layer)
+  assert _count(dataclasses.replace(TINY, feature_layers=3)) - base == _conv(c, c)
+
+
+def test_max_pool_ceil_keeps_partial_windows():
+  x = np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32)
+  got = np.asarray(msnet.max_pool_ceil(jnp.asarray(x), 4))
+  assert got.shape == (2, 2, 2, 3)
+  for i in range(2):
+    for j in range(2):
+      window = x[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+      np.testing.assert_array_equal(got[:, i, j], window.max(axis=(1, 2)))
+
+
+def test_upsample_crop_inverts_the_pool_grid():
+  # Pooled cell j covers input pixels kj..kj+k-1, so its centre sits at input coordinate
+  # kj + (k-1)/2. Bilinear upsampling reproduces a linear ramp exactly: pixel p reads
+  # (p + 0.5)/k - 0.5 in cell units (clamped at the borders), by exactly k whatever the crop.
+  k, h, w = 4, 9, 13
+  ramp = jnp.broadcast_to(jnp.arange(3.0)[None, :, None, None], (1, 3, 4, 1))
+  up = np.asarray(msnet.upsample_crop(ramp, k, h, w))
+  assert up.shape == (1, h, w, 1)
+  want = np.clip((np.arange(h) + 0.5) / k - 0.5, 0, 2)
+  np.testing.assert_allclose(up[0, :, 5, 0], want, atol=1e-6)
+  np.testing.assert_allclose(up[0, :, 0, 0], up[0, :, 12, 0])  # constant along columns
+
+
+def test_each_unit_sees_all_scales(tiny):
+  # Changing a CCLB of the coarsest scale changes the output: scale 3 is not dead code.
+  model = nnx.clone(tiny)
+  x = jax.random.uniform(jax.random.key(1), (2, 5, 7, 3))
+  before = model(x)
+  conv = model.units[0].blocks[-1].convs[0]
+  conv.bias[...] = conv.bias[...] + 1.0
+  assert float(jnp.max(jnp.abs(model(x) - before))) > 1e-4
+
+
+def test_jit_matches_eager(tiny):
+  x = jax.random.uniform(jax.random.key(2), (2, 5, 7, 3))
+  np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(tiny, x), tiny(x), atol=1e-5)
+
+
+def test_training_gradient_is_finite_reaches_every_parameter_and_survives_remat(tiny):
+  keys = jax.random.split(jax.random.key(3), 3)
+  syn, clean, real = (jax.random.uniform(k, (2, 5, 7, 3)) for k in keys)
+
+  def loss(m):
+    out, f_syn = m(syn, return_features=True)
+    _, f_real = m(real, return_features=True)
+    sup, _ = ml.supervised_loss(out, clean, {"ssim_weight": 1.0, "l1_weight": 1.0})
+    return sup + ml.matching_loss(f_syn, f_real)[0]
+
+  grads = nnx.state(nnx.jit(nnx.grad(loss))(tiny), nnx.Param)
+  leaves = jax.tree.leaves(grads)
+  assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+  assert all(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
+  # Rematerialising each unit changes memory, not the gradient.
+  remat = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: msnet.MSNet(
+      dataclasses.replace(TINY, remat=True), rngs=nnx.Rngs(0)))), nnx.state(tiny))
+  remat_grads = nnx.state(nnx.jit(nnx.grad(loss))(remat), nnx.Param)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, remat_grads)
+
+
+def test_config_validation_names_the_field(tiny):
+  with pytest.raises(ValueError, match="model.units"):
+    msnet.MSNetConfig(units=0)
+  with pytest.raises(ValueError, match="model.conv_wgrad"):
+    msnet.MSNetConfig(conv_wgrad="fast")
+  with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
+    tiny(jnp.zeros((4, 4, 3)))
+
+
+def test_registered_family_round_trips(tiny, tmp_path):
+  d = models.config_to_dict(TINY)
+  assert d["family"] == "msnet"
+  assert models.config_from_dict(d) == TINY
+  built = nnx.eval_shape(lambda: models.build(models.config_from_dict(d), nnx.Rngs(0)))
+  assert isinstance(built, msnet.MSNet)
+  with pytest.raises(ValueError, match="unknown msnet model config fields"):
+    models.config_from_dict({**d, "stages": 6})
+  # A saved MSNet comes back as an MSNet with the same outputs.
+  checkpoint.save_model(tiny, tmp_path / "m.npz")
+  loaded = checkpoint.load_model(tmp_path / "m.npz")
+  x = jax.random.uniform(jax.random.key(5), (2, 5, 7, 3))
+  assert isinstance(loaded, msnet.MSNet) and loaded.cfg == TINY
+  np.testing.assert_array_equal(loaded(x), tiny(x))
+
+
+# --- matching loss --------------------------------------------------------------------------
+
+def _features(seed, shape=(2, 5, 6, 4), shift=0.0):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape) + shift, jnp.float32)
+
+
+@pytest.mark.parametrize("cov_norm,bias", [("unbiased", False), ("biased", True)])
+def test_covariance_equals_numpy_cov(cov_norm, bias):
+  x = np.random.default_rng(0).normal(size=(300, 6)) * np.arange(1, 7) + 3.0
+  got = ml.covariance(jnp.asarray(x, jnp.float32), cov_norm)
+  # float32 sums of 300 products of magnitude ~40: relative error well under 1e-5.
+  np.testing.assert_allclose(got, np.cov(x, rowvar=False, bias=bias), rtol=1e-5, atol=1e-5)
+  scatter = ml.covariance(jnp.asarray(x, jnp.float32), "none")
+  np.testing.assert_allclose(scatter, np.cov(x, rowvar=False) * 299, rtol=1e-5, atol=1e-3)
+
+
+def test_matching_loss_is_the_paper_formula():
+  a, b = _features(0), _features(1, (3, 4, 4, 4), shift=0.5)
+  va, vb = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+  d_mean = va.mean(0) - vb.mean(0)
+  d_cov = np.cov(va, rowvar=False) - np.cov(vb, rowvar=False)
+  total, terms = ml.matching_loss(a, b)
+  np.testing.assert_allclose(terms["mean"], np.linalg.norm(d_mean), rtol=1e-5)
+  np.testing.assert_allclose(terms["cov"], np.linalg.norm(d_cov, "fro") / 4, rtol=1e-5)
+  np.testing.assert_allclose(total, terms["mean"] + terms["cov"], rtol=1e-6)
+  _, sq = ml.matching_loss(a, b, squared=True)
+  np.testing.assert_allclose(sq["mean"], np.sum(d_mean**2), rtol=1e-5)
+  np.testing.assert_allclose(sq["cov"], np.sum(d_cov**2) / 16, rtol=1e-5)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_matching_loss_zero_for_identical_positive_and_differentiable_otherwise(squared):
+  a, b = _features(0), _features(1, shift=0.3)
+  fn = lambda x, y: ml.matching_loss(x, y, squared=squared)[0]
+  assert float(fn(a, a)) == 0.0
+  g_same = jax.grad(fn)(a, a)
+  assert np.isfinite(np.asarray(g_same)).all()  # no NaN from the norm's kink at 0
+  assert float(fn(a, b)) > 0
+  g = jax.grad(fn)(a, b)
+  assert np.isfinite(np.asarray(g)).all() and float(jnp.max(jnp.abs(g))) > 0
+
+
+def test_matching_loss_ignores_the_order_of_vectors():
+  # Statistics over the set of vectors: shuffling pixels and images changes nothing.
+  a, b = _features(0, (2, 5, 6, 4)), _features(1, (3, 3, 3, 4), shift=0.2)
+  perm = np.random.default_rng(2).permutation(60)
+  shuffled = a.reshape(60, 4)[perm].reshape(3, 4, 5, 4)
+  np.testing.assert_allclose(ml.matching_loss(shuffled, b)[0], ml.matching_loss(a, b)[0],
+                             rtol=1e-5)
+  np.testing.assert_allclose(ml.matching_loss(b, a)[0], ml.matching_loss(a, b)[0], rtol=1e-6)
+
+
+def test_matching_loss_rejects_mismatched_channels_and_unknown_norm():
+  with pytest.raises(ValueError, match="channels"):
+    ml.matching_loss(_features(0, (1, 2, 2, 4)), _features(0, (1, 2, 2, 5)))
+  with pytest.raises(ValueError, match="loss.matching_cov_norm"):
+    ml.matching_loss(_features(0), _features(1), cov_norm="n-1")
+
+
+# --- supervised loss ------------------------------------------------------------------------
+
+def _ssim_reference(x, y):
+  """Numpy/scipy SSIM with an 11x11 sigma-1.5 Gaussian and zero ("constant") borders."""
+  g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
+  w = np.outer(g, g) / g.sum() ** 2
+  blur = lambda a: np.stack([ndimage.correlate(a[..., c], w, mode="constant")
+                             for c in range(a.shape[-1])], -1)
+  vals = []
+  for xi, yi in zip(x, y):
+    mx, my = blur(xi), blur(yi)
+    vx, vy, cxy = blur(xi * xi) - mx**2, blur(yi * yi) - my**2, blur(xi * yi) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    vals.append(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+  return np.mean(vals)
+
+
+def test_ssim_matches_scipy_reference():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(2, 16, 13, 3))
+  y = np.clip(x + rng.normal(scale=0.1, size=x.shape), 0, 1)
+  # float32 window sums against float64: agreement to 1e-5 on values of order 1.
+  np.testing.assert_allclose(ml._ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)),
+                             _ssim_reference(x, y), atol=1e-5)
+  np.testing.assert_allclose(ml._ssim(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-6)
+
+
+def test_supervised_loss_weights_come_from_the_config():
+  rng = np.random.default_rng(1)
+  out, clean = (jnp.asarray(rng.uniform(size=(2, 12, 12, 3)), jnp.float32) for _ in range(2))
+  cfg = ml_collections.ConfigDict(dict(ssim_weight=2.0, l1_weight=0.5))
+  total, terms = ml.supervised_loss(out, clean, cfg)
+  np.testing.assert_allclose(terms["ssim"], -ml._ssim(out, clean), rtol=1e-6)
+  np.testing.assert_allclose(terms["l1"], np.mean(np.abs(np.asarray(out) - np.asarray(clean))),
+                             rtol=1e-5)
+  np.testing.assert_allclose(total, 2.0 * terms["ssim"] + 0.5 * terms["l1"], rtol=1e-6)
+  same, _ = ml.supervised_loss(clean, clean, {"ssim_weight": 1.0, "l1_weight": 1.0})
+  np.testing.assert_allclose(same, -1.0, atol=1e-6)
+  with pytest.raises(ValueError, match="loss.l1_weight"):
+    ml.supervised_loss(out, clean, {"ssim_weight": 1.0})
