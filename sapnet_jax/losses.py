@@ -76,14 +76,20 @@ def _field(cfg: Any, name: str) -> Any:
 def _gaussian(size: int, sigma: float) -> np.ndarray:
   x = np.arange(size, dtype=np.float64) - size // 2
   g = np.exp(-(x**2) / (2 * sigma**2))
-  return (g / g.sum()).astype(np.float32)
+  return g / g.sum()
+
+
+def _at_least_f32(x: jax.Array) -> jax.DTypeLike:
+  # Losses reduce in float32, or in float64 when the images are (numerics checks, x64 mode).
+  return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def ssim(x: jax.Array, y: jax.Array, window: int = 11, sigma: float = 1.5) -> jax.Array:
   """Mean SSIM as PReNet's SSIM.py: Gaussian window, per channel, zero padding ("same")."""
   c = x.shape[-1]
-  g = jnp.asarray(_gaussian(window, sigma))
-  maps = jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1).astype(jnp.float32)
+  dtype = _at_least_f32(x)
+  g = jnp.asarray(_gaussian(window, sigma), dtype)
+  maps = jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1).astype(dtype)
   n = 5 * c
   pad = window // 2
   # The 2-d window is outer(g, g): two 1-d depthwise passes give the same zero-padded result.
@@ -120,7 +126,8 @@ def _run(module: nnx.Module, x: jax.Array, *, remat: bool = False, **kwargs):
 
 
 def _l1(a: jax.Array, b: jax.Array) -> jax.Array:
-  return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+  dtype = _at_least_f32(a)
+  return jnp.mean(jnp.abs(a.astype(dtype) - b.astype(dtype)))
 
 
 # --- contrastive losses ---------------------------------------------------------------------
@@ -144,7 +151,7 @@ def pcl(vgg_net: nnx.Module, derained: jax.Array, clean: jax.Array, rainy: jax.A
   fgr = _run(vgg_net, jax.lax.stop_gradient(prep(jnp.concatenate([clean, rainy]))),
              outputs=tuple(layers))
   n = derained.shape[0]
-  total = jnp.float32(0)
+  total = 0.0
   for name, w in zip(layers, weights):
     pos, neg = fgr[name][:n], fgr[name][n:]
     total = total + w * _l1(fd[name], pos) / (_l1(fd[name], neg) + eps)

@@ -18,7 +18,7 @@ so the default normalises it into the covariance, 1/(N − 1) as numpy.cov does;
 The weight ω (paper §4.1: 1) is applied by the caller.
 
 Supervised loss. The paper does not say which loss supervises the synthetic pairs; we use
-ssim_weight·(−SSIM) + l1_weight·L1, both weights from the config (docs/fidelity.md, MSNet).
+ssim_weight·(−SSIM, `losses.ssim_loss`) + l1_weight·L1, both weights from the config (docs/fidelity.md, MSNet).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from sapnet_jax import losses
 
 COV_NORMS = ("unbiased", "biased", "none")
 
@@ -86,35 +87,6 @@ def matching_loss(feat_syn: jax.Array, feat_real: jax.Array, *, squared: bool = 
   return l_mean + l_cov, {"mean": l_mean, "cov": l_cov}
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-  g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma**2))
-  return (g / g.sum()).astype(np.float32)
-
-
-def _ssim(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Mean SSIM of NHWC images in [0, 1] with the project's -SSIM loss convention (SYSTEM.md §2).
-
-  11x11 Gaussian window, sigma 1.5, per channel, zero padding 5 ("same"), C1 = 0.01²,
-  C2 = 0.03², mean over the whole map. Kept local so this module has no dependency on the
-  SAPNet losses; it computes the same quantity as `sapnet_jax.losses.ssim`.
-  """
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  y = y.astype(x.dtype)
-  c = x.shape[-1]
-  stats = jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1)
-  g = jnp.asarray(_gaussian_window(), x.dtype)
-  # The 11x11 window is outer(g, g): a vertical then a horizontal depthwise 1-d pass.
-  for kernel, padding in ((g[:, None], ((5, 5), (0, 0))), (g[None, :], ((0, 0), (5, 5)))):
-    k = jnp.tile(kernel[:, :, None, None], (1, 1, 1, 5 * c))
-    stats = jax.lax.conv_general_dilated(stats, k, (1, 1), padding, feature_group_count=5 * c,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  mx, my, exx, eyy, exy = jnp.split(stats, 5, axis=-1)
-  vx, vy, cxy = exx - mx * mx, eyy - my * my, exy - mx * my
-  c1, c2 = 0.01**2, 0.03**2
-  ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-  return jnp.mean(ssim_map)
-
-
 def _weight(cfg: Any, name: str) -> float:
   """A weight from a ConfigDict, dataclass or mapping; a missing one is an error naming it."""
   value = cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
@@ -134,7 +106,7 @@ def supervised_loss(derained: jax.Array, clean: jax.Array,
   if derained.shape != clean.shape:
     raise ValueError(f"derained and clean images differ in shape: {derained.shape} vs "
                      f"{clean.shape}")
-  neg_ssim = -_ssim(derained, clean)
+  neg_ssim = losses.ssim_loss(derained, clean)
   dtype = jnp.promote_types(derained.dtype, jnp.float32)
   l1 = jnp.mean(jnp.abs(derained.astype(dtype) - clean.astype(dtype)))
   total = _weight(cfg, "ssim_weight") * neg_ssim + _weight(cfg, "l1_weight") * l1

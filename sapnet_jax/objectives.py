@@ -13,14 +13,16 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
-from sapnet_jax import losses
+from sapnet_jax import losses, matching_loss
 
 
 def build(config: Any) -> tuple[Callable, Any]:
   family = config.model.family
   if family == "pdu":
     return _pdu_objective(config.loss)
-  raise ValueError(f"config.model.family={family!r}: no training objective; known: pdu")
+  if family == "msnet":
+    return _msnet_objective(config.loss, bool(config.data.get("real_dataset"))), None
+  raise ValueError(f"config.model.family={family!r}: no training objective; known: pdu, msnet")
 
 
 def _pdu_objective(loss_cfg: Any) -> tuple[Callable, Any]:
@@ -34,3 +36,26 @@ def _pdu_objective(loss_cfg: Any) -> tuple[Callable, Any]:
                              epoch=epoch)
 
   return loss_fn, frozen
+
+
+def _msnet_objective(loss_cfg: Any, has_real: bool) -> Callable:
+  """MSNet: the supervised loss on the synthetic pairs plus ω times the matching loss between
+  the matching network's features of the synthetic and of the real (unlabelled) batch."""
+  weight = float(loss_cfg.matching_weight)
+  if weight and not has_real:
+    raise ValueError(f"config.loss.matching_weight={weight} needs unlabelled real images: set "
+                     "config.data.real_dataset (or matching_weight=0 for supervised training)")
+
+  def loss_fn(model: nnx.Module, frozen_state: Any, batch: dict, epoch: jax.Array):
+    del frozen_state, epoch
+    derained, feat_syn = model(batch["rainy"], return_features=True)
+    total, terms = matching_loss.supervised_loss(derained, batch["clean"], loss_cfg)
+    if weight:
+      match, parts = matching_loss.matching_loss(
+          feat_syn, model.features(batch["real"]), squared=bool(loss_cfg.matching_squared),
+          cov_norm=str(loss_cfg.matching_cov_norm))
+      total = total + weight * match
+      terms = {**terms, "match_mean": parts["mean"], "match_cov": parts["cov"]}
+    return total, {**terms, "total": total}
+
+  return loss_fn

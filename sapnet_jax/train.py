@@ -114,7 +114,7 @@ class Trainer:
         bad_step=jnp.where(first_bad, state.step, state.bad_step),
         bad_terms=jnp.where(first_bad, jnp.sum(bad * 2 ** jnp.arange(bad.shape[0])), state.bad_terms
                             ).astype(jnp.int32))
-    metrics = {**terms, "loss": total, "grad_norm": grad_norm, "lr": self.lr(state.step)}
+    metrics = {**terms, "total": total, "grad_norm": grad_norm, "lr": self.lr(state.step)}
     return new_state, metrics
 
   def __call__(self, state: TrainState, batch: dict, frozen: Any) -> tuple[TrainState, dict]:

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from scipy import ndimage
 
-from sapnet_jax import checkpoint, matching_loss as ml, models
+from sapnet_jax import checkpoint, losses, matching_loss as ml, models
 from sapnet_jax.models import msnet
 
 TINY = msnet.MSNetConfig(units=2, channels=8, cclb_depth=2)
@@ -253,9 +253,9 @@ def test_ssim_matches_scipy_reference():
   x = rng.uniform(size=(2, 16, 13, 3))
   y = np.clip(x + rng.normal(scale=0.1, size=x.shape), 0, 1)
   # float32 window sums against float64: agreement to 1e-5 on values of order 1.
-  np.testing.assert_allclose(ml._ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)),
+  np.testing.assert_allclose(losses.ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)),
                              _ssim_reference(x, y), atol=1e-5)
-  np.testing.assert_allclose(ml._ssim(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-6)
+  np.testing.assert_allclose(losses.ssim(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-6)
 
 
 def test_supervised_loss_weights_come_from_the_config():
@@ -263,7 +263,7 @@ def test_supervised_loss_weights_come_from_the_config():
   out, clean = (jnp.asarray(rng.uniform(size=(2, 12, 12, 3)), jnp.float32) for _ in range(2))
   cfg = ml_collections.ConfigDict(dict(ssim_weight=2.0, l1_weight=0.5))
   total, terms = ml.supervised_loss(out, clean, cfg)
-  np.testing.assert_allclose(terms["ssim"], -ml._ssim(out, clean), rtol=1e-6)
+  np.testing.assert_allclose(terms["ssim"], -losses.ssim(out, clean), rtol=1e-6)
   np.testing.assert_allclose(terms["l1"], np.mean(np.abs(np.asarray(out) - np.asarray(clean))),
                              rtol=1e-5)
   np.testing.assert_allclose(total, 2.0 * terms["ssim"] + 0.5 * terms["l1"], rtol=1e-6)

@@ -102,7 +102,7 @@ class ChannelAttention(nnx.Module):
                      if kind == "cra" else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)
+    y = jnp.mean(x, axis=(1, 2), dtype=jnp.promote_types(x.dtype, jnp.float32)).astype(x.dtype)
     z = self.up(jax.nn.relu(self.down(y)))
     if self.residual is not None:
       z = z + self.residual(y)
