@@ -98,7 +98,7 @@ class Trainer:
     (total, terms), grads = jax.value_and_grad(self.loss, has_aux=True)(
         state.params, frozen, batch, epoch)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     self.term_names = tuple(sorted(terms))
     bad = jnp.stack([~jnp.isfinite(terms[k]) for k in self.term_names] + [~jnp.isfinite(grad_norm)])
     ok = ~jnp.any(bad)

@@ -1,0 +1,168 @@
+"""The train step, schedule, divergence handling and checkpoints, without the input pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import REPO
+from sapnet_jax import checkpoint, losses, models, train
+from sapnet_jax.models import pdu
+
+TINY = pdu.PDUConfig(stages=2, channels=8, num_blocks=1, reduction=4)
+
+
+def _optim(**kw):
+  base = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, milestones=(30, 50, 80), decay_factor=0.2,
+              grad_clip_norm=0.0, grad_accum_steps=1)
+  return ml_collections.ConfigDict({**base, **kw})
+
+
+def _ssim_loss(model, frozen, batch, epoch):
+  del frozen, epoch
+  value = losses.ssim_loss(model(batch["rainy"]), batch["clean"])
+  return value, {"ssim": value}
+
+
+def _trainer(mesh=None, **optim):
+  graphdef, params = nnx.split(models.build(TINY, nnx.Rngs(0)))
+  t = train.Trainer(graphdef, _optim(**optim), _ssim_loss, steps_per_epoch=10, mesh=mesh)
+  return t, t.init_state(nnx.to_pure_dict(params))
+
+
+def _batch(seed=0, n=2, size=16):
+  rng = np.random.default_rng(seed)
+  clean = rng.random((n, size, size, 3), np.float32)
+  return {"clean": clean, "rainy": np.clip(clean + 0.3 * rng.random(clean.shape, np.float32), 0, 1)}
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_schedule_multiplies_lr_from_each_milestone_epoch(accum):
+  t, _ = _trainer(grad_accum_steps=accum)  # 10 steps (batches) per epoch
+  expected = {0: 1e-3, 299: 1e-3, 300: 2e-4, 499: 2e-4, 500: 4e-5, 799: 4e-5, 800: 8e-6, 999: 8e-6}
+  for step, lr in expected.items():
+    np.testing.assert_allclose(float(t.lr(step)), lr, rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_step_lowers_the_loss_and_counts():
+  t, state = _trainer()
+  batch = t.global_batch(_batch())
+  first = None
+  for _ in range(5):
+    state, m = t(state, batch, None)
+    first = float(m["ssim"]) if first is None else first
+  assert int(state.step) == 5
+  assert float(m["ssim"]) < first
+  t.check_finite(state)  # nothing non-finite: no exception
+
+
+def test_non_finite_batch_keeps_the_state_and_names_term_and_step():
+  t, state = _trainer()
+  state, _ = t(state, t.global_batch(_batch()), None)
+  bad = _batch(1)
+  bad["rainy"][0, 3, 3, 0] = np.nan
+  state, _ = t(state, t.global_batch(bad), None)
+  state, _ = t(state, t.global_batch(_batch(2)), None)  # later good steps do not hide it
+  with pytest.raises(train.TrainingDiverged, match=r"step 1: non-finite .*ssim"):
+    t.check_finite(state)
+  assert int(state.bad_step) == 1 and int(state.step) == 3
+
+
+def test_non_finite_step_leaves_params_unchanged():
+  t, state = _trainer()
+  before = jax.tree.map(np.asarray, state.params)
+  bad = _batch(1)
+  bad["clean"][:] = np.inf
+  state, _ = t(state, t.global_batch(bad), None)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
+
+
+def _save(ckpts, step, t, state, model_cfg=TINY):
+  ckpts.save(step, state.params, state.replace(params=None), models.config_to_dict(model_cfg),
+             {"note": "test"})
+  ckpts.wait()
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+  t, state = _trainer()
+  ckpts = checkpoint.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
+  _save(ckpts, 1, t, state)
+  saved = jax.tree.map(np.asarray, state.params)
+  state, _ = t(state, t.global_batch(_batch()), None)
+  _save(ckpts, 2, t, state)
+  for root, _, files in os.walk(tmp_path / "2" / "params"):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  fresh = checkpoint.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
+  step, params, rest = fresh.restore_latest(state.params, state.replace(params=None),
+                                            models.config_to_dict(TINY))
+  assert step == 1 and int(rest.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), saved)
+  assert "step 2" in caplog.text and "unreadable" in caplog.text
+
+
+def test_checkpoint_of_another_model_is_refused_naming_fields(tmp_path):
+  t, state = _trainer()
+  ckpts = checkpoint.TrainCheckpoints(str(tmp_path), async_save=False,
+                                      compare=train._architecture)
+  _save(ckpts, 1, t, state)
+  other = models.config_to_dict(pdu.PDUConfig(stages=2, channels=16, num_blocks=1, reduction=4))
+  with pytest.raises(checkpoint.CheckpointError, match=r"channels: checkpoint 8, config 16"):
+    ckpts.restore_latest(state.params, state.replace(params=None), other)
+  # Compute-only fields (scan, dtype, ...) may differ.
+  scanned = models.config_to_dict(pdu.PDUConfig(stages=2, channels=8, num_blocks=1, reduction=4,
+                                                scan=True))
+  assert ckpts.restore_latest(state.params, state.replace(params=None), scanned)[0] == 1
+
+
+def test_training_checkpoint_loads_as_a_model(tmp_path):
+  t, state = _trainer()
+  ckpts = checkpoint.TrainCheckpoints(str(tmp_path), async_save=False)
+  _save(ckpts, 7, t, state)
+  model = checkpoint.load_model(checkpoint.step_dir(str(tmp_path)))
+  assert model.cfg == TINY
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.params_dict(model),
+               jax.tree.map(np.asarray, state.params))
+
+
+EIGHT_DEVICES = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, "tests")
+    import test_train_step as T
+    assert jax.device_count() == 8, jax.devices()
+    out = {}
+    for n in (1, 8):
+      mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
+      t, state = T._trainer(mesh=mesh)
+      losses = []
+      for i in range(3):
+        state, m = t(state, t.global_batch(T._batch(i, n=8)), None)
+        losses.append(float(m["ssim"]))
+      assert len(state.params["conv0"]["kernel"].sharding.device_set) == n
+      out[n] = {"losses": losses,
+                "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)]}
+    print(json.dumps(out))
+""")
+
+
+def test_eight_fake_devices_match_one():
+  """Data parallel over 8 CPU devices (batch split 8 ways) equals 1 device, 3 steps."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  np.testing.assert_allclose(out["8"]["losses"], out["1"]["losses"], rtol=1e-5)
+  for a, b in zip(out["8"]["params"], out["1"]["params"]):
+    # Float sums over the batch are reordered across devices: float32 rounding, not 0.
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
