@@ -1,5 +1,6 @@
 """The train step, schedule, divergence handling and checkpoints, without the input pipeline."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -31,8 +32,8 @@ def _ssim_loss(model, frozen, batch, epoch):
   return value, {"ssim": value}
 
 
-def _trainer(mesh=None, **optim):
-  graphdef, params = nnx.split(models.build(TINY, nnx.Rngs(0)))
+def _trainer(mesh=None, cfg=TINY, **optim):
+  graphdef, params = nnx.split(models.build(cfg, nnx.Rngs(0)))
   t = train.Trainer(graphdef, _optim(**optim), _ssim_loss, steps_per_epoch=10, mesh=mesh)
   return t, t.init_state(nnx.to_pure_dict(params))
 
@@ -141,8 +142,8 @@ EIGHT_DEVICES = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     out = {}
     for n in (1, 8):
-      mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
-      t, state = T._trainer(mesh=mesh)
+      mesh = T.train.make_mesh(jax.devices()[:n])
+      t, state = T._trainer(mesh=mesh, cfg=T.dataclasses.replace(T.TINY, conv_wgrad=sys.argv[1]))
       losses = []
       for i in range(3):
         state, m = t(state, t.global_batch(T._batch(i, n=8)), None)
@@ -154,11 +155,12 @@ EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
-def test_eight_fake_devices_match_one():
+@pytest.mark.parametrize("wgrad", ["xla", "matmul"])
+def test_eight_fake_devices_match_one(wgrad):
   """Data parallel over 8 CPU devices (batch split 8 ways) equals 1 device, 3 steps."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], cwd=REPO, env=env,
+  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, wgrad], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])

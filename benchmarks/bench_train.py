@@ -1,0 +1,149 @@
+"""Training-step benchmark: prints one JSON line.
+
+    python benchmarks/bench_train.py [--batch 12] [--patch 100] [--repeats 3] [--torch] [--full]
+
+Each variant runs in a fresh subprocess: SAPNet (official weights) and Adam, one jitted train
+step (sapnet_jax.train.Trainer) on a fixed batch of `batch` x patch x patch, first call
+(compile + run) and the median of `--repeats` further steps, and the process's peak RSS.
+Variants: the -SSIM loss with a Python loop or lax.scan over stages, each with XLA's conv
+weight gradients or the matmul VJP (models/conv.py); `--full` adds the paper's full loss
+(-SSIM + PCL + LPIPS-Alex + seg; VGG/AlexNet/LPIPS weights from ../shared, seg encoder random).
+`--torch` times the official PyTorch code's step (-SSIM, Adam; dev only, needs torch and
+tests/fixtures/torch_reference.py) in alternation with the default JAX variant in one process,
+so that both see the same machine load.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared")
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _batch(n: int, patch: int) -> dict:
+  rng = np.random.default_rng(0)
+  clean = rng.random((n, patch, patch, 3), np.float32)
+  return {"clean": clean, "rainy": np.clip(clean + 0.2 * rng.random(clean.shape, np.float32), 0, 1)}
+
+
+def _jax_step(loss: str, form: str, wgrad: str, n: int, patch: int):
+  sys.path.insert(0, ROOT)
+  from flax import nnx
+  from configs import default
+  from sapnet_jax import objectives, pretrained, train
+  config = default.get_config()
+  config.model.scan = form == "scan"
+  model = pretrained.load(scan=form == "scan", conv_wgrad=wgrad)
+  if loss == "ssim":
+    config.loss.update(contrast="none", lpips_weight=0.0, seg_weight=0.0)
+  else:
+    w = os.path.join(SHARED, "weights")
+    config.loss.update(vgg_weights=os.path.join(w, "vgg16_imagenet", "vgg16_features_hwio.npz"),
+                       alexnet_weights=os.path.join(w, "alexnet_imagenet", "alexnet_features_hwio.npz"),
+                       lpips_weights=os.path.join(w, "lpips", "alex_v0.1.pth"), seg_start_epoch=0)
+  loss_fn, frozen = objectives.build(config)
+  graphdef, params = nnx.split(model)
+  trainer = train.Trainer(graphdef, config.optim, loss_fn, steps_per_epoch=1000)
+  state = [trainer.init_state(nnx.to_pure_dict(params))]
+  batch = trainer.global_batch(_batch(n, patch))
+
+  def step():
+    state[0], m = trainer(state[0], batch, frozen)
+    m["total"].block_until_ready()
+  return step
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def run_variant(loss: str, form: str, wgrad: str, n: int, patch: int, repeats: int) -> dict:
+  step = _jax_step(loss, form, wgrad, n, patch)
+  first = _timed(step)
+  times = [_timed(step) for _ in range(repeats)]
+  return {"first_call_s": first, "median_s": float(np.median(times)), "times_s": times,
+          "peak_rss_mb": peak_rss_mb()}
+
+
+def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int) -> dict:
+  import torch
+  sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
+  import make_train_fixtures
+  import torch_reference
+  torch.set_num_threads(os.cpu_count() or 1)
+  model = torch_reference.load_official(
+      os.path.join(SHARED, "weights", "sapnet_official", "net_latest.pth"), "sapnet")
+  opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+  b = _batch(n, patch)
+  rainy, clean = (torch.from_numpy(b[k].transpose(0, 3, 1, 2).copy()) for k in ("rainy", "clean"))
+
+  def torch_step():
+    out, _ = model(rainy)
+    loss = -make_train_fixtures.official_ssim(out, clean)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+  jax_step = _jax_step("ssim", "loop", wgrad, n, patch)
+  torch_step(), jax_step()  # warm-up and compile
+  tt, tj = [], []
+  for _ in range(repeats):
+    tt.append(_timed(torch_step))
+    time.sleep(1.0)  # let OpenMP's spinning threads go idle before JAX runs
+    tj.append(_timed(jax_step))
+  return {"torch_median_s": float(np.median(tt)), "jax_median_s": float(np.median(tj)),
+          "torch_times_s": tt, "jax_times_s": tj, "jax_over_torch": float(np.median(tj) / np.median(tt))}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--batch", type=int, default=12)
+  p.add_argument("--patch", type=int, default=100)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--torch", action="store_true")
+  p.add_argument("--full", action="store_true")
+  p.add_argument("--only", help="internal: run one variant, loss:form:wgrad")
+  p.add_argument("--torch-pair", help="internal: the PyTorch comparison with this wgrad")
+  a = p.parse_args()
+  if a.only:
+    print(json.dumps(run_variant(*a.only.split(":"), a.batch, a.patch, a.repeats)))
+    return
+  if a.torch_pair:
+    print(json.dumps(run_torch_pair(a.torch_pair, a.batch, a.patch, a.repeats)))
+    return
+  variants = [f"ssim:{form}:{wgrad}" for form in ("loop", "scan") for wgrad in ("xla", "matmul")]
+  if a.full:
+    variants.append("full:loop:matmul")
+  out = {"batch": a.batch, "patch": a.patch, "cpu": platform.processor() or platform.machine(),
+         "cores": os.cpu_count(), "variants": {}}
+
+  def sub(*flags):
+    r = subprocess.run([sys.executable, __file__, "--batch", str(a.batch), "--patch", str(a.patch),
+                        "--repeats", str(a.repeats), *flags], capture_output=True, text=True)
+    if r.returncode:
+      return {"error": r.stderr.strip().splitlines()[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+  for v in variants:
+    out["variants"][v] = sub("--only", v)
+  if a.torch:
+    out["torch_vs_jax_loop_matmul"] = sub("--torch-pair", "matmul")
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
