@@ -1,4 +1,7 @@
-"""PReNet (Ren et al., CVPR 2019): SAPNet's network without attention or dilation."""
+"""PReNet (Ren et al., CVPR 2019): SAPNet's network without attention or dilation.
+
+    python -m sapnet_jax.main --config=configs/prenet.py --workdir=W
+"""
 
 from configs import default
 

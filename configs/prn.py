@@ -1,4 +1,7 @@
-"""PRN: PReNet without the ConvLSTM."""
+"""PRN: PReNet without the ConvLSTM.
+
+    python -m sapnet_jax.main --config=configs/prn.py --workdir=W
+"""
 
 from configs import prenet
 

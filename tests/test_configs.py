@@ -29,3 +29,55 @@ def test_msnet_configs(name, matching_weight, real):
   assert config.loss.matching_weight == matching_weight and config.data.real_dataset == real
   # Paper §4.1: 64x64 patches, batch 16, Adam lr 5e-4.
   assert (config.data.patch_size, config.data.global_batch_size, config.optim.lr) == (64, 16, 5e-4)
+
+
+def _flat(config) -> dict:
+  out = {}
+
+  def walk(d, prefix):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[prefix + k] = v
+  walk(config.to_dict(), "")
+  return out
+
+
+def _diff(a, b) -> set[str]:
+  fa, fb = _flat(a), _flat(b)
+  return {k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)}
+
+
+def test_components_ablation_adds_one_component_per_step():
+  """Paper Table 4: M1 (CRA) + seg, + PCL, + dilation, + lr decay, + LPIPS = the default."""
+  mod = importlib.import_module("configs.components_ablation")
+  default = importlib.import_module("configs.default").get_config()
+  added = ["loss.seg_weight", "loss.contrast", "model.dilation", "optim.milestones",
+           "loss.lpips_weight"]
+  for i, variant in enumerate(mod.ORDER):
+    assert _diff(mod.get_config(variant), default) == set(added[i:]), variant
+
+
+@pytest.mark.parametrize("variant,attention", [("se", "se"), ("ca", "ca"), ("conv", "none")])
+def test_attention_ablation_changes_only_the_attention(variant, attention):
+  config = importlib.import_module("configs.attention_ablation").get_config(variant)
+  assert _diff(config, importlib.import_module("configs.default").get_config()) == {
+      "model.attention"}
+  assert config.model.attention == attention
+
+
+@pytest.mark.parametrize("module", ["attention_ablation", "components_ablation",
+                                    "contrast_ablation", "demo"])
+def test_unknown_variant_names_the_file_and_the_choices(module):
+  with pytest.raises(ValueError, match=rf"configs/{module}.py:nope: unknown variant"):
+    importlib.import_module(f"configs.{module}").get_config("nope")
+
+
+def test_every_config_docstring_shows_its_command():
+  import pathlib
+  for path in sorted(pathlib.Path("configs").glob("*.py")):
+    if path.name == "__init__.py":
+      continue
+    doc = importlib.import_module(f"configs.{path.stem}").__doc__ or ""
+    assert f"configs/{path.name}" in doc, f"{path}: docstring lacks the command that runs it"
