@@ -242,8 +242,14 @@ def test_prepare_is_idempotent(tmp_path, capsys):
   _fake_paired(tmp_path / "a")
   args = ["--dataset", "paired_folder", "--manual_dir", str(tmp_path / "a"),
           "--data_dir", str(tmp_path / "d")]
+  # What a killed build leaves behind: a half-written folder that must not be reused.
+  stale = tmp_path / "d" / "paired_folder" / "incomplete.KILLED_1.0.0"
+  stale.mkdir(parents=True)
+  (stale / "paired_folder-train.array_record-00000-of-00001").write_bytes(b"half")
   assert prepare.main(args) == 0
-  assert "built in" in capsys.readouterr().out
+  out = capsys.readouterr()
+  assert "built in" in out.out and "(train: 2)" in out.out
+  assert "incomplete.KILLED_1.0.0 is left from an interrupted build" in out.err
   info = tmp_path / "d" / "paired_folder" / "1.0.0" / "dataset_info.json"
   mtime = info.stat().st_mtime_ns
   time.sleep(0.01)

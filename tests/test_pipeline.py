@@ -107,7 +107,7 @@ def test_mirror_copies_add_the_official_mirrored_windows(data_dir):
 def test_random_crops_with_flips_stay_aligned(data_dir):
   cfg = _cfg(data_dir, patch_mode="random", flip_lr=True, flip_ud=True, patch_size=64,
              global_batch_size=4)
-  it = pipeline.make_train_iterator(cfg, seed=3, process_index=0, process_count=1)
+  it = pipeline.make_train_iterator(cfg, seed=3)  # process index and count from jax: 0 of 1
   seen = [w for _ in range(10) for w in _windows(next(it))]  # asserts alignment per crop
   assert len({w[1:3] for w in seen}) > 20  # positions vary
   assert {w[3] for w in seen} == {0, 1}  # both flip states occur
