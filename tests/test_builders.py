@@ -84,7 +84,8 @@ def test_list_file_pairs_and_missing_files(tmp_path):
   _image(tmp_path / "real_world" / "0" / "0_1.png")
   _image(tmp_path / "real_world_gt" / "0" / "0.png")
   (tmp_path / "real_world.txt").write_text(
-      "/real_world/0/0_1.png /real_world_gt/0/0.png\n./real_world/0/0_2.png real_world_gt/0/0.png\n")
+      "/real_world/0/0_1.png /real_world_gt/0/0.png\n"
+      "./real_world/0/0_2.png real_world_gt/0/0.png\n")
   with pytest.raises(LayoutError, match=r"1 listed file\(s\) missing.*real_world/0/0_2.png"):
     layouts.pairs_from_list(str(tmp_path / "real_world.txt"), str(tmp_path))
 
