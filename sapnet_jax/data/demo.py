@@ -55,7 +55,7 @@ class DemoSpec:
   """Where a built demo dataset is and which splits to use (what configs/demo.py sets)."""
 
   name: str
-  data_dir: str
+  data_dir: str | None
   train_split: str = "train"
   eval_split: str = "validation"
 
@@ -125,8 +125,9 @@ class SyntheticRain(builders.PairedBuilder):
 SyntheticRain.MANUAL_DOWNLOAD_INSTRUCTIONS = SyntheticRain.__doc__
 
 
-def build_demo(data_dir: str, clean_dir: str | None = None) -> DemoSpec:
-  """Builds the demo dataset into `data_dir` (once; later calls reuse it) and says where it is.
+def build_demo(data_dir: str | None, clean_dir: str | None = None) -> DemoSpec:
+  """Builds the demo dataset into `data_dir` (None: TFDS's ~/tensorflow_datasets) once (later
+  calls reuse it) and says where it is. On several hosts, call it on one process first.
 
   With `clean_dir` the `pool` config is built from it plus the shipped photos; without, the
   `shipped` config. Nothing is downloaded.
