@@ -205,13 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   # pylint: disable=import-outside-toplevel
   from sapnet_jax.data import demo, imageio
   sources = demo.clean_sources(args.clean_dir)
+  # Spread over the sources; with fewer sources than pairs, later pairs are new rain draws.
   picks = np.linspace(0, len(sources) - 1, num=min(args.count, len(sources))).round().astype(int)
   pairs = []
-  for k, i in enumerate(picks):
-    name, path = sources[i]
+  for k in range(args.count):
+    name, path = sources[picks[k % len(picks)]]
     clean = imageio.read_image(path)
     style = (LIGHT, RainStyle(), HEAVY)[k % 3]
-    rainy, _ = add_rain(clean, demo.pair_seed(args.seed, name, 0), style)
+    rainy, _ = add_rain(clean, demo.pair_seed(args.seed, name, k // len(picks)), style)
     pairs.append((rainy, clean))
   from PIL import Image
   from sapnet_jax.fileio import atomic_write
