@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import shared_path
-from sapnet_jax.data import builders, imageio, layouts, prepare
-from sapnet_jax.data.layouts import Layout, LayoutError
+from sapnet_jax.data import builders, imageio, prepare
+from sapnet_jax.data.pairs import LayoutError
 
 RNG = np.random.default_rng(0)
 
@@ -40,60 +40,6 @@ def _records(b, split):
 
 def _u8(path):
   return imageio.to_uint8(imageio.read_image(path))
-
-
-# ---- layouts (no TFDS) --------------------------------------------------------------------------
-def test_numeric_keys_pair_across_zero_padding(tmp_path):
-  for n in (1, 2, 10):
-    _image(tmp_path / f"rain-{n}.png")
-    _image(tmp_path / f"norain-{n:03d}.png")
-  layout = Layout("flat", "", "", r"rain-(?P<key>\d+)", r"norain-(?P<key>\d+)")
-  pairs = layouts.pairs_for_layout(str(tmp_path), layout)
-  assert [p.name for p in pairs] == ["rain-1.png", "rain-2.png", "rain-10.png"]  # natural order
-  assert [os.path.basename(p.clean) for p in pairs] == ["norain-001.png", "norain-002.png",
-                                                         "norain-010.png"]
-
-
-def test_unpaired_names_are_listed(tmp_path):
-  for n in ("a", "b", "c"):
-    _image(tmp_path / "rainy" / f"{n}.png")
-  for n in ("a", "d"):
-    _image(tmp_path / "clean" / f"{n}.png")
-  with pytest.raises(LayoutError) as e:
-    layouts.find_pairs(str(tmp_path), layouts.SAME_NAME_LAYOUTS)
-  msg = str(e.value)
-  assert "2 rainy file(s) without a clean partner: rainy/b.png, rainy/c.png" in msg
-  assert "1 clean file(s) without a rainy partner: clean/d.png" in msg
-
-
-def test_strays_and_duplicates_are_errors(tmp_path):
-  flat = Layout("flat", "", "", r"rain-(?P<key>\d+)", r"norain-(?P<key>\d+)")
-  _image(tmp_path / "a" / "rain-1.png")
-  _image(tmp_path / "a" / "norain-1.png")
-  _image(tmp_path / "a" / "holiday.jpg")
-  with pytest.raises(LayoutError, match="fit no name.*holiday.jpg"):
-    layouts.pairs_for_layout(str(tmp_path / "a"), flat)
-  _image(tmp_path / "b" / "rain-1.png")
-  _image(tmp_path / "b" / "rain-001.png")
-  _image(tmp_path / "b" / "norain-1.png")
-  with pytest.raises(LayoutError, match="share a key.*rain-001.png = rain-1.png"):
-    layouts.pairs_for_layout(str(tmp_path / "b"), flat)
-
-
-def test_list_file_pairs_and_missing_files(tmp_path):
-  _image(tmp_path / "real_world" / "0" / "0_1.png")
-  _image(tmp_path / "real_world_gt" / "0" / "0.png")
-  (tmp_path / "real_world.txt").write_text(
-      "/real_world/0/0_1.png /real_world_gt/0/0.png\n"
-      "./real_world/0/0_2.png real_world_gt/0/0.png\n")
-  with pytest.raises(LayoutError, match=r"1 listed file\(s\) missing.*real_world/0/0_2.png"):
-    layouts.pairs_from_list(str(tmp_path / "real_world.txt"), str(tmp_path))
-
-
-def test_split_folders_match_case_insensitively(tmp_path):
-  (tmp_path / "rain100H").mkdir()
-  assert layouts.find_folder(str(tmp_path), "Rain100H") == str(tmp_path / "rain100H")
-  assert layouts.find_folder(str(tmp_path), "Rain100L") is None
 
 
 # ---- builds -------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ patches without decoding images.
 
 Each split of a builder is looked for in a list of folders under `manual_dir` (the first that
 exists is used; "." means `manual_dir` itself, used only when a layout fits it). Inside a split
-folder the builder's layouts are tried in order (see `layouts.py`); a split folder that exists
+folder the builder's layouts are tried in order (see `pairs.py`); a split folder that exists
 but fits no layout, unpaired names, or a corrupt image stop the build with a message naming the
 folder or file.
 """
@@ -38,8 +38,9 @@ from etils import epath
 from PIL import Image, UnidentifiedImageError
 
 from sapnet_jax.data import imageio
-from sapnet_jax.data.layouts import (SAME_NAME_LAYOUTS, Layout, LayoutError, Pair, describe_folder,
-                                     find_folder, find_pairs, image_files, pairs_from_list)
+from sapnet_jax.data.imageio import image_names
+from sapnet_jax.data.pairs import (SAME_NAME_LAYOUTS, Layout, LayoutError, Pair, describe_folder,
+                                   find_folder, find_pairs, pairs_from_list)
 
 _ORIENTATION = 0x0112
 
@@ -306,7 +307,7 @@ class Rain800(PairedBuilder):
     try:
       return find_pairs(folder, self.LAYOUTS)[1]
     except LayoutError:
-      names = image_files(folder)
+      names = image_names(folder)
       if not names:
         raise
     return [Pair(os.path.join(folder, n), None, n) for n in names]
@@ -377,7 +378,7 @@ class RealRain(PairedBuilder):
   SPLIT_FOLDERS = {"train": (".",)}
 
   def pairs_in(self, folder: str, split: str) -> list[Pair]:
-    names = image_files(folder, recursive=True)
+    names = image_names(folder, recursive=True)
     if not names:
       raise LayoutError(f"{folder}: no image files found (extensions "
                         f"{', '.join(imageio.IMAGE_EXTENSIONS)})")

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from sapnet_jax.data import builders, imageio, synth
-from sapnet_jax.data.layouts import LayoutError, image_files
+from sapnet_jax.data.pairs import LayoutError
 
 IMAGES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_images")
 SHIPPED = ("astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg")
@@ -69,7 +69,7 @@ def clean_sources(clean_dir: str | None = None) -> list[tuple[str, str]]:
   """(name, path) of the shipped photos, then of the images in `clean_dir` (sorted)."""
   sources = [(f"shipped/{n}", os.path.join(IMAGES_DIR, n)) for n in SHIPPED]
   if clean_dir:
-    names = image_files(clean_dir)
+    names = imageio.image_names(clean_dir)
     if not names:
       raise LayoutError(f"{clean_dir}: no clean image files found")
     sources += [(n, os.path.join(clean_dir, n)) for n in names]

@@ -23,7 +23,7 @@ from typing import Sequence
 import tensorflow_datasets as tfds
 
 from sapnet_jax.data import builders, demo, imageio  # noqa: F401  (demo: its builder)
-from sapnet_jax.data.layouts import LayoutError
+from sapnet_jax.data.pairs import LayoutError
 
 NO_MANUAL_DIR = ("synthetic_rain/shipped", "synthetic_rain")
 
