@@ -56,6 +56,16 @@ def _fake_rain100h(root):
           "test": ["rain-001.png", "rain-002.png"]}
 
 
+def _fake_rain100l(root):
+  """The PReNet layouts under train/ and test/ (the other folder names Rain100L accepts)."""
+  for n in (1, 2):
+    _image(root / "train" / "RainTrainL" / f"rain-{n}.png")
+    _image(root / "train" / "RainTrainL" / f"norain-{n}.png")
+  _image(root / "test" / "Rain100L" / "rain" / "rain-3.png")
+  _image(root / "test" / "Rain100L" / "norain" / "norain-3.png")
+  return {"train": ["rain-1.png", "rain-2.png"], "test": ["rain-3.png"]}
+
+
 def _fake_rain12(root):
   for n in (1, 2, 12):
     _image(root / f"{n}_in.png")
@@ -101,8 +111,9 @@ def _fake_real(root):
   return {"train": ["sub/y.png", "x.jpg"]}
 
 
-FAKES = {"rain100h": _fake_rain100h, "rain12": _fake_rain12, "rain1400": _fake_rain1400,
-         "spa_data": _fake_spa, "paired_folder": _fake_paired, "real_rain": _fake_real}
+FAKES = {"rain100h": _fake_rain100h, "rain100l": _fake_rain100l, "rain12": _fake_rain12,
+         "rain1400": _fake_rain1400, "spa_data": _fake_spa, "paired_folder": _fake_paired,
+         "real_rain": _fake_real}
 
 
 @pytest.mark.parametrize("name", sorted(FAKES))
@@ -137,12 +148,18 @@ def test_rain800_splits_side_by_side_pairs(tmp_path):
   assert [r["name"] for r in _records(b, "test")] == ["7.png"]
 
 
-def test_rain100l_mirrors_rain100h_folders(tmp_path):
-  for n in (1, 2):
+def test_unpaired_names_stop_the_build_and_are_listed(tmp_path):
+  for n in (1, 2, 3):
     _image(tmp_path / "a" / "RainTrainL" / f"rain-{n}.png")
-    _image(tmp_path / "a" / "RainTrainL" / f"norain-{n}.png")
-  found = builders.Rain100L().find_splits(str(tmp_path / "a"))
-  assert list(found) == ["train"] and len(found["train"]) == 2
+  _image(tmp_path / "a" / "RainTrainL" / "norain-1.png")
+  _image(tmp_path / "a" / "RainTrainL" / "norain-7.png")
+  with pytest.raises(LayoutError) as e:
+    prepare.build("rain100l", data_dir=str(tmp_path / "d"), manual_dir=str(tmp_path / "a"))
+  msg = str(e.value)
+  assert "RainTrainL: unpaired names" in msg
+  assert "2 rainy file(s) without a clean partner: rain-2.png, rain-3.png" in msg
+  assert "1 clean file(s) without a rainy partner: norain-7.png" in msg
+  assert not prepare.builder("rain100l", str(tmp_path / "d")).is_prepared()
 
 
 def test_wrong_layout_says_what_was_expected(tmp_path):

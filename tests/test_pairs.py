@@ -53,13 +53,14 @@ def test_pair_folders_numbers_ignore_zero_padding_and_sort_naturally(tmp_path):
 def test_ambiguous_names_and_missing_folder(tmp_path):
   _touch(tmp_path / "r", ["rain-001.png", "001.png"])
   _touch(tmp_path / "c", ["001.png"])
-  with pytest.raises(ValueError, match=r"rainy files with the same pairing key \(rename one\): 001\.png and rain-001\.png"):
+  with pytest.raises(ValueError, match=r"rainy files with the same pairing key \(rename one\): "
+                                       r"001\.png and rain-001\.png"):
     pairs.pair_folders(str(tmp_path / "r"), str(tmp_path / "c"))
   with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
     pairs.pair_folders(str(tmp_path / "nowhere"), str(tmp_path / "c"))
 
 
-# ---- archive layouts (the builders' pairing) --------------------------------------------------------------------------
+# ---- archive layouts (the builders' pairing) -----------------------------------------------------
 def test_numeric_keys_pair_across_zero_padding(tmp_path):
   for n in (1, 2, 10):
     _image(tmp_path / f"rain-{n}.png")
