@@ -13,7 +13,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["sapnet_jax", "sapnet_jax.*"]),
     package_data={"sapnet_jax": ["weights/*.npz", "weights/LICENSE-*.txt", "iqa_params/*.npz",
-                            "iqa_params/README.txt"]},
+                                 "iqa_params/README.txt", "data/demo_images/*.jpg",
+                                 "data/demo_images/README.md"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",

@@ -94,4 +94,33 @@ def get_config() -> ml_collections.ConfigDict:
       perceptual_dtype="float32",  # float32 | bfloat16 (slower on CPU: docs/fidelity.md)
       remat=False,  # recompute the frozen nets' activations in backward (slower on CPU)
   ), type_safe=False)
+  # Input pipeline (sapnet_jax/data/pipeline.py). Build a dataset once with
+  #   python -m sapnet_jax.data.prepare --dataset NAME --manual_dir ARCHIVE [--data_dir DIR]
+  # Defaults follow the official training: stride-80 100x100 patches of RainTrainH in a new
+  # random order each epoch, no flips (docs/fidelity.md, Data).
+  config.data = ml_collections.ConfigDict(dict(
+      dataset="rain100h",  # a sapnet_jax.data.builders name, or synthetic_rain/shipped (demo)
+      train_split="train",
+      data_dir=ml_collections.config_dict.placeholder(str),  # None: ~/tensorflow_datasets
+      manual_dir=ml_collections.config_dict.placeholder(str),  # archive, only for building
+      prepare=False,  # build the dataset from manual_dir on first use (idempotent)
+      patch_size=100,
+      patch_mode="stride",  # stride: official fixed grid | random: same count, random places
+      stride=80,  # official RainTrainH/L; the official Rain12600 (rain1400) uses 100
+      mirror_copies=False,  # official Rain100L trains on each image and its mirror image
+      flip_lr=False,  # random horizontal flips (not in the official code)
+      flip_ud=False,  # random vertical flips
+      global_batch_size=12,  # paper; per process: global / jax.process_count()
+      shuffle=True,
+      num_epochs=0,  # 0: an endless stream (the trainer counts steps); N: stop after N epochs
+      seed=0,
+      worker_count=0,  # grain worker processes (0: threads in the training process)
+      worker_buffer_size=2,  # batches each worker prepares ahead
+      read_threads=2,
+      prefetch=4,  # batches read ahead per process
+      eval_datasets="rain100h:test",  # "name:split, ..." for make_eval_iterator
+      real_dataset="",  # semi-supervised: unlabelled stream, e.g. "real_rain"; "" = off
+      real_split="train",
+      real_batch_size=0,  # 0: same as the labelled per-process batch
+  ))
   return config

@@ -8,6 +8,7 @@ channels, alpha is dropped, palettes and CMYK are converted, EXIF orientation is
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -27,14 +28,38 @@ def is_image_name(path: str) -> bool:
   return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
+def natural_key(name: str) -> tuple:
+  """Sort key for natural order: rain-2 before rain-10, whatever the zero padding (names equal
+  but for padding then sort by the text, so the order is total)."""
+  parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
+  return parts + ((1, 0, name),)
+
+
+def image_names(folder: str | os.PathLike, recursive: bool = False) -> list[str]:
+  """Image files (by extension) in `folder`, or under it with `recursive`, as paths relative
+  to it with `/` separators, in natural order; hidden files and folders skipped. A missing
+  folder has none."""
+  folder = os.fspath(folder)
+  found = []
+  if recursive:
+    for root, dirs, files in os.walk(folder):
+      dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+      rel = os.path.relpath(root, folder)
+      for f in files:
+        if not f.startswith(".") and is_image_name(f):
+          found.append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
+  elif os.path.isdir(folder):
+    found = [f for f in os.listdir(folder) if not f.startswith(".") and is_image_name(f)
+             and os.path.isfile(os.path.join(folder, f))]
+  return sorted(found, key=natural_key)
+
+
 def list_images(folder: str | os.PathLike) -> list[str]:
-  """The image files directly in `folder` (by extension), sorted; hidden files skipped."""
+  """Paths of the image files directly in `folder`, in natural order (see `image_names`)."""
   folder = os.fspath(folder)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such folder")
-  return sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                if not n.startswith(".") and is_image_name(n)
-                and os.path.isfile(os.path.join(folder, n)))
+  return [os.path.join(folder, n) for n in image_names(folder)]
 
 
 def _to_rgb_float(im: Image.Image) -> np.ndarray:

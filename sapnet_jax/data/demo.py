@@ -1,0 +1,139 @@
+"""The embedded demo dataset: synthetic rain over clean photos that ship with the package.
+
+Nobody can download the de-raining benchmarks from a script, so the demo and the tests train
+on pairs made here. The TFDS builder `synthetic_rain` has two configs:
+
+  shipped  the four photos in `sapnet_jax/data/demo_images/` (public domain / CC0, from
+           scikit-image's bundled data; see the README there). train: astronaut, coffee and
+           rocket, 4 rain draws each = 12 pairs; validation: chelsea, 3 draws = 3 pairs.
+           Needs nothing but the package.
+  pool     the shipped photos plus every image in MANUAL_DIR (e.g. the project's
+           `shared/data/clean_pool`, 150 photos). validation: chelsea and every 10th MANUAL_DIR
+           image by name (1 draw each); train: all others (2 draws each).
+
+Validation scenes never appear in training (held out by image, not by draw). Every pair's
+seed is derived from the image name and draw number (`pair_seed`), so a build gives the same
+pairs every time, whatever the order or the other images. Draws cycle through the default,
+heavy and light rain styles of `synth.py`.
+
+    spec = demo.build_demo(data_dir)                       # or build_demo(data_dir, clean_dir)
+    config.data.dataset = spec.name                        # "synthetic_rain/shipped"
+    config.data.eval_datasets = f"{spec.name}:validation"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from sapnet_jax.data import builders, imageio, synth
+from sapnet_jax.data.pairs import LayoutError
+
+IMAGES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_images")
+SHIPPED = ("astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg")
+SHIPPED_HELD_OUT = ("chelsea.jpg",)
+DRAW_STYLES = (synth.RainStyle(), synth.HEAVY, synth.LIGHT)
+SEED = 20220104  # fixed: the dataset is part of the package, not of an experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoItem:
+  """One pair to synthesize: a clean photo, its source name, the record name, the rain draw."""
+
+  clean: str
+  source: str
+  name: str
+  draw: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSpec:
+  """Where a built demo dataset is and which splits to use (what configs/demo.py sets)."""
+
+  name: str
+  data_dir: str | None
+  train_split: str = "train"
+  eval_split: str = "validation"
+
+
+def pair_seed(seed: int, name: str, draw: int) -> int:
+  """A seed that depends only on (seed, image name, draw): stable across machines and runs."""
+  return zlib.crc32(f"{seed}:{name}:{draw}".encode("utf-8"))
+
+
+def clean_sources(clean_dir: str | None = None) -> list[tuple[str, str]]:
+  """(name, path) of the shipped photos, then of the images in `clean_dir` (sorted)."""
+  sources = [(f"shipped/{n}", os.path.join(IMAGES_DIR, n)) for n in SHIPPED]
+  if clean_dir:
+    names = imageio.image_names(clean_dir)
+    if not names:
+      raise LayoutError(f"{clean_dir}: no clean image files found")
+    sources += [(n, os.path.join(clean_dir, n)) for n in names]
+  return sources
+
+
+def demo_items(clean_dir: str | None) -> dict[str, list[DemoItem]]:
+  """split -> items; `clean_dir` None gives the `shipped` config."""
+  train, validation = [], []
+  pool_draws = (2, 1)
+  for index, (name, path) in enumerate(clean_sources(clean_dir)):
+    shipped = name.startswith("shipped/")
+    if shipped:
+      held_out = os.path.basename(name) in SHIPPED_HELD_OUT
+      draws = (3 if held_out else 4) if clean_dir is None else pool_draws[held_out]
+    else:
+      held_out = (index - len(SHIPPED)) % 10 == 9
+      draws = pool_draws[held_out]
+    stem = os.path.splitext(name)[0]
+    items = [DemoItem(path, name, f"{stem}_r{d}.png", d) for d in range(draws)]
+    (validation if held_out else train).extend(items)
+  return {"train": train, "validation": validation}
+
+
+class SyntheticRain(builders.PairedBuilder):
+  """Synthetic rain over clean photos: the demo dataset (see sapnet_jax/data/demo.py).
+
+  Config `shipped` needs no MANUAL_DIR. Config `pool` reads the clean photos directly in
+  MANUAL_DIR (not recursive), e.g. the project's shared/data/clean_pool.
+  """
+
+  name = "synthetic_rain"
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="shipped", description="the 4 shipped photos only"),
+      tfds.core.BuilderConfig(name="pool", description="shipped photos + MANUAL_DIR photos"),
+  ]
+  DEFAULT_CONFIG_NAME = "shipped"
+
+  def _split_generators(self, dl_manager):
+    clean_dir = os.fspath(dl_manager.manual_dir) if self.builder_config.name == "pool" else None
+    return {split: self._generate_examples(split, items)
+            for split, items in demo_items(clean_dir).items()}
+
+  def load(self, pair: DemoItem) -> dict:
+    clean_bytes, clean = builders.encode_image_file(pair.clean)
+    style = DRAW_STYLES[pair.draw % len(DRAW_STYLES)]
+    rainy, _ = synth.add_rain(clean, pair_seed(SEED, pair.source, pair.draw), style)
+    return {"rainy": builders.png_bytes(imageio.to_uint8(rainy)), "clean": clean_bytes,
+            "size": np.array(clean.shape[:2], np.int32)}
+
+
+SyntheticRain.MANUAL_DOWNLOAD_INSTRUCTIONS = SyntheticRain.__doc__
+
+
+def build_demo(data_dir: str | None, clean_dir: str | None = None) -> DemoSpec:
+  """Builds the demo dataset into `data_dir` (None: TFDS's ~/tensorflow_datasets) once (later
+  calls reuse it) and says where it is. On several hosts, call it on one process first.
+
+  With `clean_dir` the `pool` config is built from it plus the shipped photos; without, the
+  `shipped` config. Nothing is downloaded.
+  """
+  # Imported here: prepare imports this module for the builder registration.
+  from sapnet_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  name = "synthetic_rain/pool" if clean_dir else "synthetic_rain/shipped"
+  prepare.build(name, data_dir=data_dir, manual_dir=clean_dir)
+  return DemoSpec(name=name, data_dir=data_dir)

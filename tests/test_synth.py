@@ -1,0 +1,86 @@
+"""The rain synthesizer: deterministic, vectorized, and its parameters do what they say."""
+
+import numpy as np
+import pytest
+
+from sapnet_jax.data import synth
+
+CLEAN = np.random.default_rng(1).random((64, 80, 3)).astype(np.float32) * 0.8
+
+
+def test_same_seed_same_rain_other_seed_other_rain():
+  a, pa = synth.add_rain(CLEAN, seed=5)
+  b, pb = synth.add_rain(CLEAN, seed=5)
+  c, _ = synth.add_rain(CLEAN, seed=6)
+  np.testing.assert_array_equal(a, b)
+  assert pa.to_dict() == pb.to_dict()
+  assert np.abs(a - c).mean() > 1e-3
+
+
+def test_rain_only_brightens_without_haze():
+  style = synth.RainStyle(haze_probability=0.0)
+  for seed in range(4):
+    rainy, params = synth.add_rain(CLEAN, seed, style)
+    assert params.haze == 0.0
+    assert rainy.dtype == np.float32 and rainy.shape == CLEAN.shape
+    assert np.all(rainy >= CLEAN - 1e-6) and rainy.max() <= 1.0
+    assert (rainy - CLEAN).max() > 0.2  # visible streaks
+
+
+def test_haze_veils_towards_the_airlight():
+  style = synth.RainStyle(density=(0.0, 0.0), haze_probability=1.0, haze=(0.3, 0.3),
+                          airlight=(0.9, 0.9))
+  rainy, params = synth.add_rain(CLEAN, 0, style)
+  np.testing.assert_allclose(rainy, CLEAN * 0.7 + 0.9 * 0.3, atol=1e-6)
+  assert params.haze == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("angle", [0.0, 90.0])
+def test_streaks_follow_their_angle(angle):
+  # angle is measured from vertical: 0 = vertical streaks, 90 = horizontal ones.
+  style = synth.RainStyle(layers=(1, 1), angle_deg=(angle, angle), angle_spread_deg=0.0,
+                          length=(30, 30), width=(1.0, 1.0), blur=(0.0, 0.0))
+  params = synth.sample_params(np.random.default_rng(0), style)
+  rain = synth.rain_layer((128, 128), params, np.random.default_rng(0))
+  vertical_change = np.abs(np.diff(rain, axis=0)).mean()
+  horizontal_change = np.abs(np.diff(rain, axis=1)).mean()
+  along, across = ((vertical_change, horizontal_change) if angle == 0
+                   else (horizontal_change, vertical_change))
+  assert along < 0.4 * across
+
+
+def test_density_and_brightness_control_the_amount_of_rain():
+  def mean_rain(density, brightness):
+    style = synth.RainStyle(layers=(1, 1), density=(density, density),
+                            brightness=(brightness, brightness))
+    params = synth.sample_params(np.random.default_rng(3), style)
+    return synth.rain_layer((96, 96), params, np.random.default_rng(3)).mean()
+  assert mean_rain(0.002, 0.5) < mean_rain(0.008, 0.5) < mean_rain(0.008, 0.9)
+  assert mean_rain(0.0, 0.9) == 0.0
+
+
+def test_kernels_peak_at_one_without_defocus():
+  params = synth.sample_params(np.random.default_rng(0), synth.RainStyle(blur=(0.0, 0.0)))
+  kernels = synth.streak_kernels(params)
+  assert kernels.shape[1] == kernels.shape[2] and kernels.shape[1] % 2 == 1
+  np.testing.assert_allclose(kernels.max(axis=(1, 2)), 1.0, atol=1e-6)
+
+
+def test_bad_inputs_are_named():
+  with pytest.raises(ValueError, match="RainStyle.length"):
+    synth.RainStyle(length=(40.0, 10.0))
+  with pytest.raises(ValueError, match="expected an \\(H, W, 3\\) image"):
+    synth.add_rain(np.zeros((4, 4)), 0)
+
+
+def test_uint8_input_matches_float_input():
+  u8 = np.round(CLEAN * 255).astype(np.uint8)
+  a, _ = synth.add_rain(u8, 2)
+  b, _ = synth.add_rain(u8.astype(np.float32) / 255, 2)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_grid_lays_out_pairs():
+  out = synth.grid([(CLEAN, CLEAN)] * 3, cell=16, gap=2)
+  assert out.dtype == np.uint8
+  assert out.shape == (2 * (16 + 2) + 2, 2 * 2 * 16 + 5 * 2 + 2, 3)
