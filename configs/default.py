@@ -104,6 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
       data_dir=ml_collections.config_dict.placeholder(str),  # None: ~/tensorflow_datasets
       manual_dir=ml_collections.config_dict.placeholder(str),  # archive, only for building
       prepare=False,  # build the dataset from manual_dir on first use (idempotent)
+      real_manual_dir=ml_collections.config_dict.placeholder(str),  # with prepare: photos for real_dataset
       patch_size=100,
       patch_mode="stride",  # stride: official fixed grid | random: same count, random places
       stride=80,  # official RainTrainH/L; the official Rain12600 (rain1400) uses 100

@@ -1,6 +1,7 @@
 """MSNet, semi-supervised (Qiu et al. 2022): labelled synthetic pairs plus unlabelled real rain.
 
     python -m sapnet_jax.main --config=configs/msnet_semi.py --workdir=W
+    python -m sapnet_jax.main --config=configs/msnet_semi.py:demo --workdir=W   (CPU demo)
 
 The model block maps one to one onto sapnet_jax.models.msnet.MSNetConfig; the loss block is
 read by sapnet_jax.matching_loss (supervised_loss and matching_loss). Paper §4.1 fixes 64x64
@@ -14,7 +15,9 @@ import ml_collections
 from configs import default
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
+  if variant not in ("paper", "demo"):
+    raise ValueError(f"configs/msnet_semi.py:{variant}: unknown variant; known: paper, demo")
   config = default.get_config()
   config.model = ml_collections.ConfigDict(dict(
       family="msnet",
@@ -35,23 +38,26 @@ def get_config() -> ml_collections.ConfigDict:
       l1_weight=1.0,
   ))
   # The paper: "100 64x64 image pairs are randomly cut from the training data".
-  config.data = ml_collections.ConfigDict(dict(
+  config.data.update(dict(
       dataset="rain100h",  # labelled synthetic pairs
-      train_split="train",
       patch_size=64,
       patch_mode="random",
       global_batch_size=16,
       real_dataset="real_rain",  # unlabelled real rainy images; "" = supervised only
-      real_split="train",
-      real_batch_size=0,  # 0: same as the labelled per-process batch
   ))
   # Adam (PyTorch defaults for betas/eps); the paper gives no schedule or epoch count.
-  config.optim = ml_collections.ConfigDict(dict(
-      lr=5e-4,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      milestones=(),  # epochs at which lr is multiplied by decay_factor
-      decay_factor=1.0,
-  ))
+  config.optim.update(dict(lr=5e-4, milestones=()))
+  if variant == "demo":
+    demo(config)
+  return config
+
+
+def demo(config: ml_collections.ConfigDict) -> None:
+  """The CPU demo: embedded synthetic pairs (configs/demo.py) + ../shared/data/real_rainy."""
+  config.data.update(dict(dataset="synthetic_rain/shipped", prepare=True, flip_lr=True,
+                          global_batch_size=8, real_manual_dir="../shared/data/real_rainy"))
+  config.eval.sets = {"synthetic_val": "synthetic_rain/shipped:validation",
+                      "real_rainy": {"rainy": "../shared/data/real_rainy"}}
+  config.eval.grid_count = 3
+  config.train.update(dict(num_steps=400, log_every=20, eval_every=200, save_every=100))
   return config

@@ -11,8 +11,10 @@ import ml_collections
 from configs import msnet_semi
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = msnet_semi.get_config()
+def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
+  """Variants as configs/msnet_semi.py (paper | demo)."""
+  config = msnet_semi.get_config(variant)
   config.loss.matching_weight = 0.0
   config.data.real_dataset = ""
+  config.data.real_manual_dir = None
   return config

@@ -225,15 +225,22 @@ class Validator:
     return float(value)
 
 
+def _prepare_datasets(data: Any) -> None:
+  """Builds the training (and unlabelled real) datasets unless built; idempotent."""
+  from sapnet_jax.data import prepare  # deferred: see steps_per_epoch
+  prepare.build(data.dataset, data_dir=data.get("data_dir"), manual_dir=data.get("manual_dir"))
+  if data.get("real_dataset"):
+    prepare.build(data.real_dataset, data_dir=data.get("data_dir"),
+                  manual_dir=data.get("real_manual_dir"))
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest readable checkpoint; returns the
   last logged metrics (and the last validation result under "val")."""
   from sapnet_jax.data import pipeline  # deferred: see steps_per_epoch
   os.makedirs(workdir, exist_ok=True)
   if config.data.get("prepare", False) and jax.process_index() == 0:
-    from sapnet_jax.data import prepare
-    prepare.build(config.data.dataset, data_dir=config.data.get("data_dir"),
-                  manual_dir=config.data.get("manual_dir"))
+    _prepare_datasets(config.data)
   model = initial_model(config)
   model_config = models.config_to_dict(model.cfg)
   graphdef, params = nnx.split(model)
