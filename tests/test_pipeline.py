@@ -218,7 +218,7 @@ def test_unbuilt_or_wrong_datasets_say_what_to_do(data_dir, tmp_path):
                                  process_count=1)
 
 
-def test_worker_processes_give_the_same_batches(data_dir):
+def test_worker_processes_give_the_same_batches_and_restore(data_dir):
   cfg = _cfg(data_dir, patch_mode="random", flip_lr=True)
   plain = pipeline.make_train_iterator(cfg, seed=4, process_index=0, process_count=1)
   cfg.worker_count = 1
@@ -226,5 +226,11 @@ def test_worker_processes_give_the_same_batches(data_dir):
   try:
     for _ in range(3):
       np.testing.assert_array_equal(next(workers)["rainy"], next(plain)["rainy"])
+    # The worker iterator's state restores too (what CheckpointSave/Restore store).
+    state = workers.get_state()
+    want = next(plain)["rainy"]
+    np.testing.assert_array_equal(next(workers)["rainy"], want)
+    workers.set_state(state)
+    np.testing.assert_array_equal(next(workers)["rainy"], want)
   finally:
     workers.close()
