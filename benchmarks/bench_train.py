@@ -116,6 +116,9 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--torch", action="store_true")
   p.add_argument("--full", action="store_true")
+  p.add_argument("--variants", default="ssim:loop:xla,ssim:loop:matmul,ssim:scan:xla,ssim:scan:matmul",
+                 help="comma-separated loss:form:wgrad (loss ssim|full, form loop|scan, "
+                 "wgrad xla|matmul)")
   p.add_argument("--only", help="internal: run one variant, loss:form:wgrad")
   p.add_argument("--torch-pair", help="internal: the PyTorch comparison with this wgrad")
   a = p.parse_args()
@@ -125,7 +128,7 @@ def main() -> None:
   if a.torch_pair:
     print(json.dumps(run_torch_pair(a.torch_pair, a.batch, a.patch, a.repeats)))
     return
-  variants = [f"ssim:{form}:{wgrad}" for form in ("loop", "scan") for wgrad in ("xla", "matmul")]
+  variants = [v for v in a.variants.split(",") if v]
   if a.full:
     variants.append("full:loop:matmul")
   out = {"batch": a.batch, "patch": a.patch, "cpu": platform.processor() or platform.machine(),
@@ -140,6 +143,7 @@ def main() -> None:
 
   for v in variants:
     out["variants"][v] = sub("--only", v)
+    print(v, json.dumps(out["variants"][v]), file=sys.stderr, flush=True)  # progress
   if a.torch:
     out["torch_vs_jax_loop_matmul"] = sub("--torch-pair", "matmul")
   print(json.dumps(out))
