@@ -29,6 +29,7 @@ setup(
         "tqdm>=4.66",
         "numpy>=1.26",
         "scipy>=1.11",
+        "tensorboardX>=2.6",  # training event files (protobuf only, no TensorFlow)
     ],
     extras_require={
         "test": ["pytest>=8", "scikit-image>=0.22"],

@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   # lambda = 1, 0.1, 0.1, 0.1 for ssim, seg, pcl, lpisl. Differences: docs/fidelity.md.
   config.loss = ml_collections.ConfigDict(dict(
       ssim_weight=1.0,  # on -SSIM (11x11 Gaussian, sigma 1.5, zero padding)
+      l1_weight=0.0,  # pixel L1 (not in SAPNet; the CPU demo uses it)
       contrast="pcl",  # pcl | l1 (paper Table 3 "L1-CL") | none ("No-CL")
       contrast_weight=0.4,  # official 0.1 x 4; paper 0.1
       contrast_eps=1e-7,

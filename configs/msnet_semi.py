@@ -59,5 +59,5 @@ def demo(config: ml_collections.ConfigDict) -> None:
   config.eval.sets = {"synthetic_val": "synthetic_rain/shipped:validation",
                       "real_rainy": {"rainy": "../shared/data/real_rainy"}}
   config.eval.grid_count = 3
-  config.train.update(dict(num_steps=400, log_every=20, eval_every=200, save_every=100))
+  config.train.update(dict(num_steps=300, log_every=20, eval_every=0, save_every=100))
   return config

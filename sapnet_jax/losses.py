@@ -389,6 +389,8 @@ def total_loss(cfg: Any, frozen: FrozenNets, derained: jax.Array, clean: jax.Arr
   terms, weights = {}, {}
   if _field(cfg, "ssim_weight") != 0:
     terms["ssim"], weights["ssim"] = ssim_loss(derained, clean), _field(cfg, "ssim_weight")
+  if _field(cfg, "l1_weight") != 0:  # not in SAPNet; SSIM alone leaves brightness loose
+    terms["l1"], weights["l1"] = _l1(derained, clean), _field(cfg, "l1_weight")
   contrast = _field(cfg, "contrast")
   if contrast != "none" and _field(cfg, "contrast_weight") != 0:
     eps = _field(cfg, "contrast_eps")

@@ -230,3 +230,16 @@ def test_l1_contrastive_and_no_cl():
   cfg = contrast_ablation.get_config("no_cl").loss
   cfg.update(dict(lpips_weight=0.0, seg_weight=0.0))
   assert sorted(losses.total_loss(cfg, losses.build_frozen_nets(cfg), x, x, x)[1]) == ["ssim", "total"]
+
+
+def test_pixel_l1_term_of_the_demo_config():
+  from configs import demo
+  cfg = demo.get_config().loss
+  rng = np.random.default_rng(0)
+  clean = rng.uniform(0.2, 0.8, (2, 16, 16, 3)).astype(np.float32)
+  derained = clean + rng.uniform(-0.1, 0.1, clean.shape).astype(np.float32)
+  total, terms = losses.total_loss(cfg, losses.build_frozen_nets(cfg), derained, clean, clean)
+  assert sorted(terms) == ["l1", "ssim", "total"]
+  assert float(terms["l1"]) == pytest.approx(np.abs(derained - clean).mean(), rel=1e-5)
+  assert float(total) == pytest.approx(cfg.ssim_weight * float(terms["ssim"])
+                                       + cfg.l1_weight * float(terms["l1"]), rel=1e-5)
