@@ -61,17 +61,27 @@ def run_torch_pair(size: int, repeats: int) -> dict:
   model = (torch_reference.load_official(weights, "sapnet") if os.path.exists(weights) else None)
   if model is None:  # no shared weights: same architecture, the shipped weights' values
     model = torch_reference.ProgressiveNet().eval()
-  x = torch.rand(1, 3, size, size)
+  import jax
+  dev = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  model = model.to(dev)
+  x = torch.rand(1, 3, size, size, device=dev)
+
+  def torch_forward():
+    model(x)
+    if dev == "cuda":
+      torch.cuda.synchronize()
+
   jax_forward = _jax_forward("loop", "float32", size)
   jax_forward()
   jax_t, torch_t = [], []
   with torch.no_grad():
-    model(x)
+    torch_forward()
     for _ in range(2):
       time.sleep(2)
       jax_t += [_timed(jax_forward) for _ in range(repeats)]
-      torch_t += [_timed(lambda: model(x)) for _ in range(repeats)]
-  return {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+      torch_t += [_timed(torch_forward) for _ in range(repeats)]
+  return {"torch_version": torch.__version__, "torch_device": dev,
+          "torch_threads": torch.get_num_threads(),
           "torch_median_s": float(np.median(torch_t)), "jax_median_s": float(np.median(jax_t)),
           "speedup": float(np.median(torch_t) / np.median(jax_t)),
           "torch_times_s": torch_t, "jax_times_s": jax_t}

@@ -10,7 +10,9 @@ weight gradients or the matmul VJP (models/conv.py); `--full` adds the paper's f
 (-SSIM + PCL + LPIPS-Alex + seg; VGG/AlexNet/LPIPS weights from ../shared, seg encoder random).
 `--torch` times the official PyTorch code's step (-SSIM, Adam; dev only, needs torch and
 tests/fixtures/torch_reference.py) in alternation with the default JAX variant in one process,
-so that both see the same machine load.
+so that both see the same machine load (on a GPU machine both run on the GPU; set
+XLA_PYTHON_CLIENT_PREALLOCATE=false so that JAX leaves PyTorch memory). A `:bfloat16` suffix
+on a variant computes in bfloat16 with float32 parameters.
 """
 
 import argparse
@@ -38,14 +40,14 @@ def _batch(n: int, patch: int) -> dict:
   return {"clean": clean, "rainy": np.clip(clean + 0.2 * rng.random(clean.shape, np.float32), 0, 1)}
 
 
-def _jax_step(loss: str, form: str, wgrad: str, n: int, patch: int):
+def _jax_step(loss: str, form: str, wgrad: str, n: int, patch: int, dtype: str = "float32"):
   sys.path.insert(0, ROOT)
   from flax import nnx
   from configs import default
   from sapnet_jax import objectives, pretrained, train
   config = default.get_config()
   config.model.scan = form == "scan"
-  model = pretrained.load(scan=form == "scan", conv_wgrad=wgrad)
+  model = pretrained.load(scan=form == "scan", conv_wgrad=wgrad, dtype=dtype)
   if loss == "ssim":
     config.loss.update(contrast="none", lpips_weight=0.0, seg_weight=0.0)
   else:
@@ -71,12 +73,18 @@ def _timed(fn) -> float:
   return time.perf_counter() - t
 
 
-def run_variant(loss: str, form: str, wgrad: str, n: int, patch: int, repeats: int) -> dict:
-  step = _jax_step(loss, form, wgrad, n, patch)
+def run_variant(loss: str, form: str, wgrad: str, n: int, patch: int, repeats: int,
+                dtype: str = "float32") -> dict:
+  import jax
+  step = _jax_step(loss, form, wgrad, n, patch, dtype)
   first = _timed(step)
   times = [_timed(step) for _ in range(repeats)]
-  return {"first_call_s": first, "median_s": float(np.median(times)), "times_s": times,
-          "peak_rss_mb": peak_rss_mb()}
+  out = {"first_call_s": first, "median_s": float(np.median(times)), "times_s": times,
+         "peak_rss_mb": peak_rss_mb(), "device": jax.devices()[0].device_kind}
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+  return out
 
 
 def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int) -> dict:
@@ -85,11 +93,14 @@ def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int) -> dict:
   import make_train_fixtures
   import torch_reference
   torch.set_num_threads(os.cpu_count() or 1)
+  import jax
+  dev = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
   model = torch_reference.load_official(
-      os.path.join(SHARED, "weights", "sapnet_official", "net_latest.pth"), "sapnet")
+      os.path.join(SHARED, "weights", "sapnet_official", "net_latest.pth"), "sapnet").to(dev)
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   b = _batch(n, patch)
-  rainy, clean = (torch.from_numpy(b[k].transpose(0, 3, 1, 2).copy()) for k in ("rainy", "clean"))
+  rainy, clean = (torch.from_numpy(b[k].transpose(0, 3, 1, 2).copy()).to(dev)
+                  for k in ("rainy", "clean"))
 
   def torch_step():
     out, _ = model(rainy)
@@ -97,6 +108,8 @@ def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int) -> dict:
     opt.zero_grad()
     loss.backward()
     opt.step()
+    if dev == "cuda":
+      torch.cuda.synchronize()
 
   jax_step = _jax_step("ssim", "loop", wgrad, n, patch)
   torch_step(), jax_step()  # warm-up and compile
@@ -106,7 +119,8 @@ def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int) -> dict:
     time.sleep(1.0)  # let OpenMP's spinning threads go idle before JAX runs
     tj.append(_timed(jax_step))
   return {"torch_median_s": float(np.median(tt)), "jax_median_s": float(np.median(tj)),
-          "torch_times_s": tt, "jax_times_s": tj, "jax_over_torch": float(np.median(tj) / np.median(tt))}
+          "torch_times_s": tt, "jax_times_s": tj, "jax_over_torch": float(np.median(tj) / np.median(tt)),
+          "device": dev}
 
 
 def main() -> None:
@@ -117,13 +131,16 @@ def main() -> None:
   p.add_argument("--torch", action="store_true")
   p.add_argument("--full", action="store_true")
   p.add_argument("--variants", default="ssim:loop:xla,ssim:loop:matmul,ssim:scan:xla,ssim:scan:matmul",
-                 help="comma-separated loss:form:wgrad (loss ssim|full, form loop|scan, "
-                 "wgrad xla|matmul)")
-  p.add_argument("--only", help="internal: run one variant, loss:form:wgrad")
+                 help="comma-separated loss:form:wgrad[:dtype] (loss ssim|full, form loop|scan, "
+                 "wgrad xla|matmul, dtype float32 (default)|bfloat16)")
+  p.add_argument("--torch-wgrad", default="matmul", choices=("xla", "matmul"),
+                 help="the JAX variant that --torch alternates with (loop, this wgrad)")
+  p.add_argument("--only", help="internal: run one variant, loss:form:wgrad[:dtype]")
   p.add_argument("--torch-pair", help="internal: the PyTorch comparison with this wgrad")
   a = p.parse_args()
   if a.only:
-    print(json.dumps(run_variant(*a.only.split(":"), a.batch, a.patch, a.repeats)))
+    loss, form, wgrad, *dtype = a.only.split(":")
+    print(json.dumps(run_variant(loss, form, wgrad, a.batch, a.patch, a.repeats, *dtype)))
     return
   if a.torch_pair:
     print(json.dumps(run_torch_pair(a.torch_pair, a.batch, a.patch, a.repeats)))
@@ -145,7 +162,7 @@ def main() -> None:
     out["variants"][v] = sub("--only", v)
     print(v, json.dumps(out["variants"][v]), file=sys.stderr, flush=True)  # progress
   if a.torch:
-    out["torch_vs_jax_loop_matmul"] = sub("--torch-pair", "matmul")
+    out[f"torch_vs_jax_loop_{a.torch_wgrad}"] = sub("--torch-pair", a.torch_wgrad)
   print(json.dumps(out))
 
 

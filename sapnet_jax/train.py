@@ -205,7 +205,8 @@ class Validator:
     self.metric = config.train.val_metric
 
   def __call__(self, step: int, params: Any, writer: summaries.Writer) -> float:
-    """Scores `params` on config.eval.sets; returns the first set's mean `train.val_metric`."""
+    """Scores `params` on config.eval.sets; returns the mean `train.val_metric` of the first
+    set that reports it."""
     value = np.float32(np.nan)
     if jax.process_index() == 0:
       self.derainer.update(_host_params(params))
@@ -218,7 +219,13 @@ class Validator:
         grid = os.path.join(self.workdir, "eval", f"step_{step}", name, "grid.png")
         if os.path.exists(grid):
           writer.image(step, f"val/{name}", imageio.to_uint8(imageio.read_image(grid)))
-      value = np.float32(next(iter(results.values()))["means"][self.metric])
+      # Sets without references (real rain) score NIQE/BRISQUE only: the first set (in the
+      # config's sorted order) that reports the metric picks the best checkpoint.
+      scored = [r["means"][self.metric] for r in results.values() if self.metric in r["means"]]
+      if not scored:
+        raise ValueError(f"train.val_metric={self.metric!r} is reported by none of "
+                         f"config.eval.sets ({', '.join(results)})")
+      value = np.float32(scored[0])
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       value = multihost_utils.broadcast_one_to_all(value)

@@ -68,7 +68,7 @@ def test_attention_ablation_changes_only_the_attention(variant, attention):
 
 
 @pytest.mark.parametrize("module", ["attention_ablation", "components_ablation",
-                                    "contrast_ablation", "demo"])
+                                    "contrast_ablation", "demo", "finetune"])
 def test_unknown_variant_names_the_file_and_the_choices(module):
   with pytest.raises(ValueError, match=rf"configs/{module}.py:nope: unknown variant"):
     importlib.import_module(f"configs.{module}").get_config("nope")
@@ -81,3 +81,16 @@ def test_every_config_docstring_shows_its_command():
       continue
     doc = importlib.import_module(f"configs.{path.stem}").__doc__ or ""
     assert f"configs/{path.name}" in doc, f"{path}: docstring lacks the command that runs it"
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu"])
+def test_finetune_starts_from_the_shipped_official_weights(variant):
+  import numpy as np
+  from sapnet_jax import checkpoint, pretrained, train
+  config = importlib.import_module("configs.finetune").get_config(variant)
+  got = checkpoint.flatten(checkpoint.params_dict(train.initial_model(config)))
+  want = checkpoint.flatten(checkpoint.params_dict(pretrained.load("sapnet-rain100h")))
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
+  assert "rain100h" in config.eval.sets and config.optim.lr == 1e-5

@@ -126,7 +126,7 @@ def test_msnet_semi_supervised_trains_on_both_streams(data_dir, tmp_path):
   rng = np.random.default_rng(0)
   from sapnet_jax.data import imageio
   for i in range(3):
-    imageio.write_png(str(real / f"photo{i}.png"), rng.random((40, 50, 3), np.float32))
+    imageio.write_png(str(real / f"photo{i}.png"), rng.random((100, 200, 3), np.float32))
   config = msnet_semi.get_config("demo")
   extra = {"model.units": 2, "model.channels": 8, "model.cclb_depth": 1,
            "data.patch_size": 16, "data.global_batch_size": 2, "data.data_dir": data_dir,
@@ -135,9 +135,15 @@ def test_msnet_semi_supervised_trains_on_both_streams(data_dir, tmp_path):
   for key, value in extra.items():
     block, field = key.split(".")
     config[block][field] = value
-  config.eval.sets = {"synthetic_val": "synthetic_rain/shipped:validation"}
+  # The real set sorts first and has no references: validation scores the synthetic one.
+  config.eval.sets = {"synthetic_val": "synthetic_rain/shipped:validation",
+                      "real_rainy": {"rainy": str(real)}}
   work = str(tmp_path / "work")
-  train.train_and_evaluate(config, work)
+  result = train.train_and_evaluate(config, work)
+  reports = {name: json.load(open(os.path.join(work, "eval", "step_2", name, "metrics.json")))
+             for name in ("real_rainy", "synthetic_val")}
+  assert "niqe" in reports["real_rainy"]["means"] and "psnr_rgb" not in reports["real_rainy"]["means"]
+  assert result["val"] == pytest.approx(reports["synthetic_val"]["means"]["psnr_rgb"], rel=1e-6)
   rows = [r for r in summaries.read_jsonl(work) if "train/total" in r]
   assert [r["step"] for r in rows] == [1, 2]
   for r in rows:
@@ -147,3 +153,22 @@ def test_msnet_semi_supervised_trains_on_both_streams(data_dir, tmp_path):
         r["train/ssim"] + r["train/l1"] + r["train/match_mean"] + r["train/match_cov"], rel=1e-5)
   model = checkpoint.load_model(checkpoint.step_dir(os.path.join(work, "checkpoints")))
   assert type(model).__name__ == "MSNet"
+
+
+def test_validation_needs_a_set_that_reports_the_metric(tmp_path):
+  """Real photos score NIQE/BRISQUE only: a config whose every set lacks psnr_rgb is an error
+  that names the sets, not a silent NaN that would never pick a best checkpoint."""
+  from flax import nnx
+  from sapnet_jax import models
+  from sapnet_jax.data import imageio
+  real = tmp_path / "real"
+  real.mkdir()
+  imageio.write_png(str(real / "photo.png"), np.random.default_rng(0).random((100, 200, 3), np.float32))
+  config = _config(str(tmp_path))
+  config.eval.sets = {"real_rainy": {"rainy": str(real)}}
+  graphdef, params = nnx.split(models.build(models.config_from_dict(config.model.to_dict()),
+                                            nnx.Rngs(0)))
+  params = jax.device_put(nnx.to_pure_dict(params))
+  validator = train.Validator(config, graphdef, params, str(tmp_path / "work"))
+  with pytest.raises(ValueError, match=r"val_metric='psnr_rgb' is reported by none of .*real_rainy"):
+    validator(1, params, summaries.Writer(str(tmp_path), enabled=False))

@@ -1,0 +1,141 @@
+"""Several models side by side on the same images: one table of means and one figure.
+
+    python -m sapnet_jax.compare --model semi=W1/checkpoints --model supervised=W2/checkpoints \
+        --model sapnet=sapnet-rain100h --rainy ../shared/data/real_rainy --out OUT [--clean DIR]
+
+Each model is scored by sapnet_jax.evaluate (NIQE/BRISQUE without --clean, the full-reference
+conventions with it) into OUT/<label>/metrics.{json,csv} with its de-rained images in
+OUT/<label>/outputs/. OUT/comparison.json and OUT/comparison.md hold every model's means;
+OUT/grid.png has one row per shown image: rainy | each model | clean (if given), labelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from sapnet_jax import evaluate, infer, pretrained
+from sapnet_jax.data import imageio
+from sapnet_jax.fileio import atomic_write
+
+LOWER_IS_BETTER = ("niqe", "brisque", "niqe_input", "brisque_input")
+
+
+def parse_model(spec: str) -> tuple[str, str]:
+  """`LABEL=NAME|PATH` (or a bare name, which is then its own label)."""
+  label, sep, weights = spec.partition("=")
+  if not sep:
+    label, weights = os.path.basename(os.path.normpath(spec)), spec
+  if not label or not weights or os.sep in label:
+    raise ValueError(f"--model {spec!r}: expected LABEL=NAME|PATH with a plain label")
+  return label, weights
+
+
+def markdown_table(means: dict[str, dict[str, float]]) -> str:
+  keys = [k for k in evaluate.CONVENTIONS if any(k in m for m in means.values())]
+  head = ["model", *(f"{k} {'↓' if k in LOWER_IS_BETTER else '↑'}" for k in keys)]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for label, m in means.items():
+    lines.append("| " + " | ".join([label, *(f"{m[k]:.4f}" if k in m else "" for k in keys)]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _cell(image: np.ndarray, height: int) -> Image.Image:
+  im = Image.fromarray(imageio.to_uint8(image))
+  return im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
+
+
+def comparison_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str],
+                    height: int = 200, gap: int = 4, header: int = 18) -> np.ndarray:
+  """A labelled figure: one row per image, one column per entry of `labels`."""
+  cells = [[_cell(im, height) for im in row] for row in rows]
+  widths = [max(r[c].width for r in cells) for c in range(len(labels))]
+  canvas = Image.new("RGB", (sum(widths) + gap * (len(widths) + 1),
+                             header + len(cells) * (height + gap) + gap), "white")
+  draw = ImageDraw.Draw(canvas)
+  x = gap
+  for c, label in enumerate(labels):
+    draw.text((x + 2, 3), label, fill="black")
+    for r, row in enumerate(cells):
+      canvas.paste(row[c], (x, header + gap + r * (height + gap)))
+    x += widths[c] + gap
+  return np.asarray(canvas)
+
+
+def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | None, out: str,
+            images: Sequence[str] = (), count: int = 4, tile: int | None = infer.DEFAULT_TILE,
+            overlap: int = infer.DEFAULT_OVERLAP, progress: bool = True) -> dict[str, dict]:
+  """Scores every model, writes the reports and the figure; returns {label: means}."""
+  labels = [label for label, _ in models]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"--model labels must differ: {labels}")
+  loaders, problems = evaluate.folder_samples(rainy_dir, clean_dir)
+  evaluate.check_problems(problems, skip_bad=False)
+  means = {}
+  for label, weights in models:
+    derainer = infer.Derainer(pretrained.load(weights))
+    reports = evaluate.Reports(os.path.join(out, label, "metrics.json"),
+                               os.path.join(out, label, "metrics.csv"),
+                               {"model": label, "weights": weights, "rainy": rainy_dir,
+                                "clean": clean_dir, "quantize": "round", "crop_border": 0})
+    summary = evaluate.score_samples(derainer, loaders, reports, tile=tile, overlap=overlap,
+                                     outputs_dir=os.path.join(out, label, "outputs"),
+                                     progress=progress)
+    means[label] = summary["means"]
+    print(f"[{label}] {weights}\n{evaluate.format_table(summary)}")
+  with atomic_write(os.path.join(out, "comparison.json")) as f:
+    f.write(json.dumps({"rainy": rainy_dir, "clean": clean_dir,
+                        "models": dict(models), "means": means,
+                        "conventions": {k: evaluate.CONVENTIONS[k] for k in next(iter(means.values()))}},
+                       indent=1).encode())
+  with atomic_write(os.path.join(out, "comparison.md")) as f:
+    f.write(markdown_table(means).encode())
+  names = list(images) or sorted(os.path.basename(p) for p in imageio.list_images(rainy_dir))[:count]
+  rows = []
+  for name in names:
+    stem = os.path.splitext(name)[0]
+    row = [imageio.read_image(os.path.join(rainy_dir, name))]
+    row += [imageio.read_image(os.path.join(out, label, "outputs", stem + ".png")) for label in labels]
+    if clean_dir:
+      row.append(imageio.read_image(os.path.join(clean_dir, name)))
+    rows.append(row)
+  imageio.write_png(os.path.join(out, "grid.png"),
+                    comparison_grid(rows, ["rainy", *labels, *(["clean"] if clean_dir else [])]))
+  return means
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m sapnet_jax.compare", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", action="append", required=True, metavar="LABEL=NAME|PATH",
+                      help="a model to compare (repeat); weights as sapnet_jax.pretrained.load")
+  parser.add_argument("--rainy", required=True, metavar="DIR")
+  parser.add_argument("--clean", metavar="DIR", help="ground truth (omit for NIQE/BRISQUE only)")
+  parser.add_argument("--out", required=True, metavar="DIR")
+  parser.add_argument("--images", default="", metavar="NAMES",
+                      help="comma-separated file names for the figure (default: the first --count)")
+  parser.add_argument("--count", type=int, default=4, metavar="K")
+  parser.add_argument("--tile", type=int, default=infer.DEFAULT_TILE, metavar="N",
+                      help="tile side for large images; 0 = whole images")
+  parser.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP, metavar="P")
+  args = parser.parse_args(argv)
+  try:
+    models = [parse_model(m) for m in args.model]
+    means = compare(models, args.rainy, args.clean, args.out,
+                    [n for n in args.images.split(",") if n], args.count, args.tile or None,
+                    args.overlap)
+  except (ValueError, OSError) as e:  # PairError, unknown weights, unreadable images
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(markdown_table(means), end="")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
