@@ -27,7 +27,7 @@ def test_demo_dataset_is_identical_on_every_build(tmp_path):
   sources = []
   for spec in specs:
     b = prepare.builder(spec.name, spec.data_dir)
-    assert b.info.splits["train"].num_examples == 12
+    assert b.info.splits["train"].num_examples == 48
     assert b.info.splits["validation"].num_examples == 3
     sources.append(b.as_data_source("validation"))
   for i in range(3):
