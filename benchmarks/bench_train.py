@@ -6,10 +6,10 @@ Each variant runs in a fresh subprocess: SAPNet (official weights) and Adam, one
 step (sapnet_jax.train.Trainer) on a fixed batch of `batch` x patch x patch, first call
 (compile + run) and the median of `--repeats` further steps, and the process's peak RSS.
 Variants: the -SSIM loss with a Python loop or lax.scan over stages, each with XLA's conv
-weight gradients or the matmul VJP (models/conv.py); `--full` adds the paper's full loss
+weight gradients, the matmul VJP or the per-layer `auto` choice (models/conv.py); `--full` adds the paper's full loss
 (-SSIM + PCL + LPIPS-Alex + seg; VGG/AlexNet/LPIPS weights from ../shared, seg encoder random).
 `--torch` times the official PyTorch code's step (-SSIM, Adam; dev only, needs torch and
-tests/fixtures/torch_reference.py) in alternation with the default JAX variant in one process,
+tests/fixtures/torch_reference.py) in alternation with the JAX loop variant of `--torch-wgrad` in one process,
 so that both see the same machine load (on a GPU machine both run on the GPU; set
 XLA_PYTHON_CLIENT_PREALLOCATE=false so that JAX leaves PyTorch memory). A `:bfloat16` suffix
 on a variant computes in bfloat16 with float32 parameters.
@@ -130,10 +130,10 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--torch", action="store_true")
   p.add_argument("--full", action="store_true")
-  p.add_argument("--variants", default="ssim:loop:xla,ssim:loop:matmul,ssim:scan:xla,ssim:scan:matmul",
+  p.add_argument("--variants", default="ssim:loop:auto,ssim:loop:xla,ssim:loop:matmul,ssim:scan:auto",
                  help="comma-separated loss:form:wgrad[:dtype] (loss ssim|full, form loop|scan, "
-                 "wgrad xla|matmul, dtype float32 (default)|bfloat16)")
-  p.add_argument("--torch-wgrad", default="matmul", choices=("xla", "matmul"),
+                 "wgrad xla|matmul|auto, dtype float32 (default)|bfloat16)")
+  p.add_argument("--torch-wgrad", default="auto", choices=("xla", "matmul", "auto"),
                  help="the JAX variant that --torch alternates with (loop, this wgrad)")
   p.add_argument("--only", help="internal: run one variant, loss:form:wgrad[:dtype]")
   p.add_argument("--torch-pair", help="internal: the PyTorch comparison with this wgrad")

@@ -32,7 +32,6 @@ def get_config(variant: str = "gpu"):
   config.optim.milestones = ()
   config.train.update(dict(num_steps=300, log_every=20, eval_every=0, save_every=100))
   if variant == "cpu":
-    config.model.conv_wgrad = "matmul"
     config.data.global_batch_size = 4
     config.data.patch_size = 64
   return config

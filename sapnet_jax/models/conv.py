@@ -9,9 +9,12 @@ forward and input-gradient speed, and they dominate a training step. The weight 
 Laying dY out on the padded grid (zeros in the padding) and flattening both images makes
 every shifted operand a contiguous slice of one array, so the gradient is nine plain
 (C_in x P) @ (P x C_out) matrix products. The forward pass and the input gradient stay XLA's.
-`wgrad="xla"` keeps XLA's own weight gradient. Measured with benchmarks/bench_train.py
-(SAPNet, 12 x 100x100, -SSIM): 2-core CPU 24.2 s/step matmul vs 39.2 s xla; one H100
-0.041 s vs 0.222 s (cuDNN's dilated weight gradients are slow too). Not measured on TPU.
+`wgrad="xla"` keeps XLA's own weight gradient; `"auto"` picks per layer what measured
+fastest (benchmarks/bench_train.py, SAPNet, 12 x 100x100, -SSIM): on one H100 matmul
+everywhere (0.041 s/step vs 0.222 s xla: cuDNN's dilated weight gradients are slow); on a
+2-core CPU matmul only for wide layers, the ConvLSTM gates 64 -> 128 (713 ms xla vs 264 ms as
+a single layer), and XLA for the 32 -> 32 ones (37 vs 100 ms): 10.7 s/step and 5.7 GB peak
+RSS vs 15.3 s and 15.9 GB with matmul everywhere. TPU is not measured: xla there.
 """
 
 from __future__ import annotations
@@ -22,7 +25,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-WGRADS = ("xla", "matmul")
+WGRADS = ("xla", "matmul", "auto")
+
+
+def resolve_wgrad(wgrad: str, cin: int, cout: int, backend: str | None = None) -> str:
+  """The weight-gradient form of one cin -> cout layer: `wgrad`, or for "auto" the measured
+  faster one on `backend` (default: JAX's default backend at model construction)."""
+  if wgrad not in WGRADS:
+    raise ValueError(f"model.conv_wgrad must be one of {WGRADS}, got {wgrad!r}")
+  if wgrad != "auto":
+    return wgrad
+  backend = backend or jax.default_backend()
+  if backend == "gpu":
+    return "matmul"
+  if backend == "cpu":
+    return "matmul" if cin * cout >= 64 * 128 else "xla"
+  return "xla"
 
 
 def conv3x3_xla(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
@@ -75,9 +93,7 @@ class Conv3x3(nnx.Module):
 
   def __init__(self, cin: int, cout: int, dilation: int = 1, *, dtype=jnp.float32,
                wgrad: str = "xla", rngs: nnx.Rngs):
-    if wgrad not in WGRADS:
-      raise ValueError(f"model.conv_wgrad must be one of {WGRADS}, got {wgrad!r}")
-    self.dilation, self.dtype, self.wgrad = dilation, dtype, wgrad
+    self.dilation, self.dtype, self.wgrad = dilation, dtype, resolve_wgrad(wgrad, cin, cout)
     init = nnx.initializers.lecun_normal()
     self.kernel = nnx.Param(init(rngs.params(), (3, 3, cin, cout), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))

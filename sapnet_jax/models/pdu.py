@@ -45,9 +45,10 @@ class PDUConfig:
   # Recompute each stage's activations in the backward pass instead of storing them: less
   # memory in training, about one more forward pass of compute.
   remat: bool = False
-  # How training computes convolution weight gradients: "xla" (XLA's own) or "matmul" (nine
-  # matrix products per conv; much faster on CPU, see models/conv.py). Forward unaffected.
-  conv_wgrad: str = "xla"
+  # How training computes convolution weight gradients: "xla" (XLA's own), "matmul" (nine
+  # matrix products per conv) or "auto" (per layer, what measured faster on the backend; see
+  # models/conv.py). Forward unaffected.
+  conv_wgrad: str = "auto"
 
   def __post_init__(self):
     if self.attention not in ATTENTIONS:
