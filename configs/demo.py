@@ -17,8 +17,9 @@ def get_config(variant: str = "shipped"):
     raise ValueError(f"configs/demo.py:{variant}: unknown variant; known: shipped, pool")
   config = default.get_config()
   # SAPNet's architecture (CRA, dilations, ConvLSTM) at a CPU demo's size: 16 channels and 4
-  # stages train ~6x faster than 32/6; the matmul weight gradients are faster on CPU.
-  config.model.update(dict(channels=16, stages=4, reduction=4, conv_wgrad="matmul"))
+  # stages train ~6x faster than 32/6. conv_wgrad stays "auto" (XLA's weight gradients at this
+  # width): 1.46 steps/s on 2 cores vs 0.95 with matmul everywhere (measured).
+  config.model.update(dict(channels=16, stages=4, reduction=4))
   config.data.dataset = f"synthetic_rain/{variant}"
   config.data.manual_dir = "../shared/data/clean_pool" if variant == "pool" else None
   config.data.prepare = True  # build the dataset on first use (idempotent)
