@@ -17,20 +17,20 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared")
 
 
-def _psnr_set(model, pairs, torch, dev) -> float:
+def _psnr_set(model, samples, torch, dev) -> float:
+  """Mean psnr_rgb of the outputs rounded to 8 bits, as `evaluate` scores them."""
+  from sapnet_jax import evaluate, metrics
   scores = []
   with torch.no_grad():
-    for rainy, clean in pairs:
-      x = torch.from_numpy(rainy.transpose(2, 0, 1)[None].copy()).to(dev)
-      out, _ = model(x)
-      y = np.round(np.clip(out[0].cpu().numpy().transpose(1, 2, 0), 0, 1) * 255) / 255
-      scores.append(10 * np.log10(1 / np.mean((y - clean) ** 2)))
+    for sample in samples:
+      x = torch.from_numpy(sample.rainy.transpose(2, 0, 1)[None].copy()).to(dev)
+      out = model(x)[0][0].cpu().numpy().transpose(1, 2, 0)
+      scores.append(float(metrics.psnr(evaluate.quantize(out, "round"), sample.clean)))
   return float(np.mean(scores))
 
 
@@ -57,10 +57,11 @@ def main() -> None:
   from sapnet_jax import train
   from sapnet_jax.data import pipeline
   train._prepare_datasets(config.data)
+  from sapnet_jax import evaluate
   dev = "cuda" if torch.cuda.is_available() else "cpu"
-  names = sorted(os.listdir(a.rainy))
-  load = lambda d, n: np.asarray(Image.open(os.path.join(d, n)).convert("RGB"), np.float32) / 255  # noqa: E731
-  pairs = [(load(a.rainy, n), load(a.clean, n)) for n in names]
+  loaders, problems = evaluate.folder_samples(a.rainy, a.clean)
+  evaluate.check_problems(problems, skip_bad=False)
+  pairs = [load() for load in loaders]
   weights = os.path.join(SHARED, "weights", "sapnet_official", "net_latest.pth")
   for lr in a.lr:
     model = torch_reference.load_official(weights, "sapnet").to(dev)

@@ -46,15 +46,11 @@ def markdown_table(means: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _cell(image: np.ndarray, height: int) -> Image.Image:
-  im = Image.fromarray(imageio.to_uint8(image))
-  return im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
-
-
 def comparison_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str],
-                    height: int = 200, gap: int = 4, header: int = 18) -> np.ndarray:
-  """A labelled figure: one row per image, one column per entry of `labels`."""
-  cells = [[_cell(im, height) for im in row] for row in rows]
+                    gap: int = 4, header: int = 18) -> np.ndarray:
+  """A labelled figure from thumbnails of one height: one row per image, one column per label."""
+  cells = [[Image.fromarray(im) for im in row] for row in rows]
+  height = cells[0][0].height
   widths = [max(r[c].width for r in cells) for c in range(len(labels))]
   canvas = Image.new("RGB", (sum(widths) + gap * (len(widths) + 1),
                              header + len(cells) * (height + gap) + gap), "white")
@@ -77,8 +73,10 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
     raise ValueError(f"--model labels must differ: {labels}")
   loaders, problems = evaluate.folder_samples(rainy_dir, clean_dir)
   evaluate.check_problems(problems, skip_bad=False)
-  means = {}
+  names = list(images) or sorted(os.path.basename(p) for p in imageio.list_images(rainy_dir))[:count]
+  means, thumbs = {}, {}
   for label, weights in models:
+    grid = evaluate.GridCollector(len(names), names)
     derainer = infer.Derainer(pretrained.load(weights))
     reports = evaluate.Reports(os.path.join(out, label, "metrics.json"),
                                os.path.join(out, label, "metrics.csv"),
@@ -86,8 +84,8 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
                                 "clean": clean_dir, "quantize": "round", "crop_border": 0})
     summary = evaluate.score_samples(derainer, loaders, reports, tile=tile, overlap=overlap,
                                      outputs_dir=os.path.join(out, label, "outputs"),
-                                     progress=progress)
-    means[label] = summary["means"]
+                                     grid=grid, progress=progress)
+    means[label], thumbs[label] = summary["means"], grid.thumbnails()
     print(f"[{label}] {weights}\n{evaluate.format_table(summary)}")
   with atomic_write(os.path.join(out, "comparison.json")) as f:
     f.write(json.dumps({"rainy": rainy_dir, "clean": clean_dir,
@@ -96,15 +94,12 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
                        indent=1).encode())
   with atomic_write(os.path.join(out, "comparison.md")) as f:
     f.write(markdown_table(means).encode())
-  names = list(images) or sorted(os.path.basename(p) for p in imageio.list_images(rainy_dir))[:count]
-  rows = []
-  for name in names:
-    stem = os.path.splitext(name)[0]
-    row = [imageio.read_image(os.path.join(rainy_dir, name))]
-    row += [imageio.read_image(os.path.join(out, label, "outputs", stem + ".png")) for label in labels]
-    if clean_dir:
-      row.append(imageio.read_image(os.path.join(clean_dir, name)))
-    rows.append(row)
+  # Each model's collector holds rainy | its output [| clean]: take the inputs from the first.
+  first = thumbs[labels[0]]
+  missing = [n for n in names if n not in first]
+  if missing:
+    raise ValueError(f"--images: not among the scored images of {rainy_dir}: {', '.join(missing)}")
+  rows = [[first[n][0], *(thumbs[label][n][1] for label in labels), *first[n][2:]] for n in names]
   imageio.write_png(os.path.join(out, "grid.png"),
                     comparison_grid(rows, ["rainy", *labels, *(["clean"] if clean_dir else [])]))
   return means

@@ -145,6 +145,10 @@ class GridCollector:
     width = max(1, round(im.width * self.height / im.height))
     return np.asarray(im.resize((width, self.height), Image.Resampling.LANCZOS))
 
+  def thumbnails(self) -> dict[str, list[np.ndarray]]:
+    """name -> the kept thumbnails (rainy, de-rained[, clean]), each `height` pixels high."""
+    return {name: thumbs for _, _, name, thumbs in self._heap}
+
   def write(self, path: str) -> None:
     """Rows (worst first): rainy | de-rained | clean, 4-pixel white gutters."""
     rows = [np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in ts], axis=1)

@@ -73,5 +73,7 @@ def test_bad_model_spec_and_duplicate_labels_are_errors(tmp_path, models, capsys
   assert "labels must differ" in capsys.readouterr().err
   assert compare.main(base + ["--model", "x=does/not/exist"]) == 1
   assert "does/not/exist" in capsys.readouterr().err
+  assert compare.main(base + ["--model", "a=" + models[0][1], "--images", "p0.png,nope.png"]) == 1
+  assert "nope.png" in capsys.readouterr().err
   assert compare.main(base + ["--model", "=sapnet-rain100h"]) == 1
   assert "LABEL=NAME|PATH" in capsys.readouterr().err
