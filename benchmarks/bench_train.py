@@ -9,9 +9,9 @@ Variants: the -SSIM loss with a Python loop or lax.scan over stages, each with X
 weight gradients, the matmul VJP or the per-layer `auto` choice (models/conv.py); `--full` adds the paper's full loss
 (-SSIM + PCL + LPIPS-Alex + seg; VGG/AlexNet/LPIPS weights from ../shared, seg encoder random).
 `--torch` times the official PyTorch code's step (-SSIM, Adam; dev only, needs torch and
-tests/fixtures/torch_reference.py) in alternation with the JAX loop variant of `--torch-wgrad` in one process,
-so that both see the same machine load (on a GPU machine both run on the GPU; set
-XLA_PYTHON_CLIENT_PREALLOCATE=false so that JAX leaves PyTorch memory). A `:bfloat16` suffix
+tests/fixtures/torch_reference.py) and the JAX loop variant of `--torch-wgrad` in alternating
+worker processes, one alive at a time (run_torch_pair says why), so that both see the same
+machine in the same run (on a GPU machine both run on the GPU). A `:bfloat16` suffix
 on a variant computes in bfloat16 with float32 parameters.
 """
 
@@ -87,14 +87,13 @@ def run_variant(loss: str, form: str, wgrad: str, n: int, patch: int, repeats: i
   return out
 
 
-def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int) -> dict:
+def _torch_step(n: int, patch: int):
   import torch
   sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
   import make_train_fixtures
   import torch_reference
   torch.set_num_threads(os.cpu_count() or 1)
-  import jax
-  dev = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
   model = torch_reference.load_official(
       os.path.join(SHARED, "weights", "sapnet_official", "net_latest.pth"), "sapnet").to(dev)
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -102,7 +101,7 @@ def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int) -> dict:
   rainy, clean = (torch.from_numpy(b[k].transpose(0, 3, 1, 2).copy()).to(dev)
                   for k in ("rainy", "clean"))
 
-  def torch_step():
+  def step():
     out, _ = model(rainy)
     loss = -make_train_fixtures.official_ssim(out, clean)
     opt.zero_grad()
@@ -110,17 +109,37 @@ def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int) -> dict:
     opt.step()
     if dev == "cuda":
       torch.cuda.synchronize()
+  return step
 
-  jax_step = _jax_step("ssim", "loop", wgrad, n, patch)
-  torch_step(), jax_step()  # warm-up and compile
-  tt, tj = [], []
-  for _ in range(repeats):
-    tt.append(_timed(torch_step))
-    time.sleep(1.0)  # let OpenMP's spinning threads go idle before JAX runs
-    tj.append(_timed(jax_step))
-  return {"torch_median_s": float(np.median(tt)), "jax_median_s": float(np.median(tj)),
-          "torch_times_s": tt, "jax_times_s": tj, "jax_over_torch": float(np.median(tj) / np.median(tt)),
-          "device": dev}
+
+def run_torch(n: int, patch: int, repeats: int) -> dict:
+  """The official PyTorch step: one warm-up, then `repeats` timed steps."""
+  import torch
+  step = _torch_step(n, patch)
+  step()
+  return {"times_s": [_timed(step) for _ in range(repeats)], "peak_rss_mb": peak_rss_mb(),
+          "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int, rounds: int = 2) -> dict:
+  """The official PyTorch step and the JAX loop step of `wgrad`, in alternating worker processes
+  (torch, JAX, torch, JAX, ...; `repeats` steps each), one alive at a time: in one process, or
+  with an idle PyTorch process beside it, JAX's step measured 30-50% slower."""
+  times, rss, devices = {"torch": [], "jax": []}, {}, {}
+  for _ in range(rounds):
+    for name, flags in (("torch", ["--torch-worker"]), ("jax", ["--only", f"ssim:loop:{wgrad}"])):
+      r = subprocess.run([sys.executable, __file__, "--batch", str(n), "--patch", str(patch),
+                          "--repeats", str(repeats), *flags],
+                         capture_output=True, text=True)
+      if r.returncode:
+        raise RuntimeError(f"the {name} worker failed: {r.stderr.strip().splitlines()[-1:]}")
+      out = json.loads(r.stdout.strip().splitlines()[-1])
+      times[name] += out["times_s"]
+      rss[name], devices[name] = max(rss.get(name, 0.0), out["peak_rss_mb"]), out["device"]
+  med = {k: float(np.median(v)) for k, v in times.items()}
+  return {"torch_median_s": med["torch"], "jax_median_s": med["jax"], "torch_times_s": times["torch"],
+          "jax_times_s": times["jax"], "jax_over_torch": med["jax"] / med["torch"],
+          "torch_peak_rss_mb": rss["torch"], "jax_peak_rss_mb": rss["jax"], "devices": devices}
 
 
 def main() -> None:
@@ -136,18 +155,19 @@ def main() -> None:
   p.add_argument("--torch-wgrad", default="auto", choices=("xla", "matmul", "auto"),
                  help="the JAX variant that --torch alternates with (loop, this wgrad)")
   p.add_argument("--only", help="internal: run one variant, loss:form:wgrad[:dtype]")
-  p.add_argument("--torch-pair", help="internal: the PyTorch comparison with this wgrad")
+  p.add_argument("--torch-worker", action="store_true", help="internal: time the PyTorch step")
+  p.add_argument("--rounds", type=int, default=2, help="--torch: alternations of the two workers")
   a = p.parse_args()
   if a.only:
     loss, form, wgrad, *dtype = a.only.split(":")
     print(json.dumps(run_variant(loss, form, wgrad, a.batch, a.patch, a.repeats, *dtype)))
     return
-  if a.torch_pair:
-    print(json.dumps(run_torch_pair(a.torch_pair, a.batch, a.patch, a.repeats)))
+  if a.torch_worker:
+    print(json.dumps(run_torch(a.batch, a.patch, a.repeats)))
     return
   variants = [v for v in a.variants.split(",") if v]
   if a.full:
-    variants.append("full:loop:matmul")
+    variants.append("full:loop:auto")
   out = {"batch": a.batch, "patch": a.patch, "cpu": platform.processor() or platform.machine(),
          "cores": os.cpu_count(), "variants": {}}
 
@@ -162,7 +182,8 @@ def main() -> None:
     out["variants"][v] = sub("--only", v)
     print(v, json.dumps(out["variants"][v]), file=sys.stderr, flush=True)  # progress
   if a.torch:
-    out[f"torch_vs_jax_loop_{a.torch_wgrad}"] = sub("--torch-pair", a.torch_wgrad)
+    out[f"torch_vs_jax_loop_{a.torch_wgrad}"] = run_torch_pair(a.torch_wgrad, a.batch, a.patch,
+                                                               a.repeats, a.rounds)
   print(json.dumps(out))
 
 

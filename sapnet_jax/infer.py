@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sapnet_jax import xla_options
+
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
 
@@ -51,7 +53,8 @@ class Derainer:
   def __init__(self, model: nnx.Module):
     graphdef, state = nnx.split(model)
     self._state = state
-    self._forward = jax.jit(functools.partial(_forward, graphdef))
+    self._forward = jax.jit(functools.partial(_forward, graphdef),
+                            compiler_options=xla_options.compiler_options())
 
   def update(self, params: dict) -> None:
     """Swaps in new weights of the same structure (training's validation), with no recompile."""

@@ -27,7 +27,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from sapnet_jax import checkpoint, evaluate, infer, models, objectives, pretrained, summaries
+from sapnet_jax import (checkpoint, evaluate, infer, models, objectives, pretrained, summaries,
+                        xla_options)
 from sapnet_jax.data import imageio
 
 GRAD_TERM = "gradients"
@@ -139,7 +140,7 @@ class Trainer:
           in_shardings=(shard(state, self.replicated), shard(batch, self.batch_sharding),
                         shard(frozen, self.replicated)),
           out_shardings=(shard(state, self.replicated), self.replicated),
-          donate_argnums=0)
+          donate_argnums=0, compiler_options=xla_options.compiler_options())
     return self._jitted(state, batch, frozen)
 
   def global_batch(self, local: dict) -> dict:

@@ -1,20 +1,25 @@
-"""3x3 convolutions whose weight gradient is computed as matrix products.
+"""3x3 convolutions with a choice of how their weight gradient is computed.
 
-XLA's CPU backend computes convolution weight gradients at 5-20 GFLOP/s, a fraction of its
-forward and input-gradient speed, and they dominate a training step. The weight gradient of a
-3x3 convolution is, for each of the nine taps (i, j),
+The weight gradient of a 3x3 convolution is, for each of the nine taps (i, j),
 
     dW[i, j] = sum over positions p of  x_pad[p + offset(i, j)]^T  dY[p]
 
 Laying dY out on the padded grid (zeros in the padding) and flattening both images makes
 every shifted operand a contiguous slice of one array, so the gradient is nine plain
-(C_in x P) @ (P x C_out) matrix products. The forward pass and the input gradient stay XLA's.
-`wgrad="xla"` keeps XLA's own weight gradient; `"auto"` picks per layer what measured
-fastest (benchmarks/bench_train.py, SAPNet, 12 x 100x100, -SSIM): on one H100 matmul
-everywhere (0.041 s/step vs 0.222 s xla: cuDNN's dilated weight gradients are slow); on a
-2-core CPU matmul only for wide layers, the ConvLSTM gates 64 -> 128 (713 ms xla vs 264 ms as
-a single layer), and XLA for the 32 -> 32 ones (37 vs 100 ms): 10.7 s/step and 5.7 GB peak
-RSS vs 15.3 s and 15.9 GB with matmul everywhere. TPU is not measured: xla there.
+(C_in x P) @ (P x C_out) matrix products (`wgrad="matmul"`); the forward pass and the input
+gradient stay XLA's. `wgrad="xla"` keeps XLA's own weight gradient; `"auto"` picks what
+measured fastest (benchmarks/bench_train.py, SAPNet, 12 x 100x100, -SSIM): on one H100 matmul
+(0.041 s/step vs 0.222 s xla: cuDNN's dilated weight gradients are slow); on a 2-core CPU,
+with Eigen's convolutions (xla_options.py), XLA for every layer (9.2 s/step vs 10.7 with
+matmul for the ConvLSTM gates and 15.9 with matmul everywhere). TPU is not measured: xla.
+
+On CPU, XLA computes the weight gradient as a convolution over transposed copies of x and dY,
+and fuses the elementwise chain that produced x (the residual stream: up to ten adds, ReLUs
+and attention scalings) into the transpose, recomputing it in a cache-hostile order: ~2 s of a
+9.2 s step. XLA does not fuse anything into a matrix product, so `conv3x3_materialized`,
+what "xla" means on CPU, passes x through an exact identity product (x @ I) before the conv
+and the transposes read x from memory (6.9 s/step). Only the differentiated forward pays for
+it; inference runs the plain conv.
 """
 
 from __future__ import annotations
@@ -28,19 +33,15 @@ from flax import nnx
 WGRADS = ("xla", "matmul", "auto")
 
 
-def resolve_wgrad(wgrad: str, cin: int, cout: int, backend: str | None = None) -> str:
-  """The weight-gradient form of one cin -> cout layer: `wgrad`, or for "auto" the measured
-  faster one on `backend` (default: JAX's default backend at model construction)."""
+def resolve_wgrad(wgrad: str, backend: str | None = None) -> str:
+  """The weight-gradient form: `wgrad`, or for "auto" the measured faster one on `backend`
+  (default: JAX's default backend at model construction)."""
   if wgrad not in WGRADS:
     raise ValueError(f"model.conv_wgrad must be one of {WGRADS}, got {wgrad!r}")
   if wgrad != "auto":
     return wgrad
-  backend = backend or jax.default_backend()
-  if backend == "gpu":
-    return "matmul"
-  if backend == "cpu":
-    return "matmul" if cin * cout >= 64 * 128 else "xla"
-  return "xla"
+  return "matmul" if (backend or jax.default_backend()) == "gpu" else "xla"
+
 
 
 def conv3x3_xla(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
@@ -88,12 +89,32 @@ def _bwd(dilation, residuals, dy):
 conv3x3_matmul_wgrad.defvjp(_fwd, _bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3_materialized(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
+  """conv3x3_xla whose differentiated forward keeps x as a buffer of its own (module docstring)."""
+  return conv3x3_xla(x, kernel, dilation)
+
+
+def _fwd_materialized(x, kernel, dilation):
+  # x @ I is exact, and a matrix product is not fused into its consumers.
+  x = jnp.einsum("nhwc,cd->nhwd", x, jnp.eye(x.shape[-1], dtype=x.dtype))
+  return conv3x3_xla(x, kernel, dilation), (x, kernel)
+
+
+def _bwd_materialized(dilation, residuals, dy):
+  x, kernel = residuals
+  return jax.vjp(lambda x_, k_: conv3x3_xla(x_, k_, dilation), x, kernel)[1](dy)
+
+
+conv3x3_materialized.defvjp(_fwd_materialized, _bwd_materialized)
+
+
 class Conv3x3(nnx.Module):
   """3x3 conv with bias; parameters `kernel` (3, 3, in, out) and `bias` like nnx.Conv."""
 
   def __init__(self, cin: int, cout: int, dilation: int = 1, *, dtype=jnp.float32,
                wgrad: str = "xla", rngs: nnx.Rngs):
-    self.dilation, self.dtype, self.wgrad = dilation, dtype, resolve_wgrad(wgrad, cin, cout)
+    self.dilation, self.dtype, self.wgrad = dilation, dtype, resolve_wgrad(wgrad)
     init = nnx.initializers.lecun_normal()
     self.kernel = nnx.Param(init(rngs.params(), (3, 3, cin, cout), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
@@ -101,5 +122,8 @@ class Conv3x3(nnx.Module):
   def __call__(self, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
     """`kernel` replaces the parameter (e.g. a slice of it); the bias is always added."""
     kernel = (self.kernel[...] if kernel is None else kernel).astype(self.dtype)
-    conv = conv3x3_matmul_wgrad if self.wgrad == "matmul" else conv3x3_xla
+    if self.wgrad == "matmul":
+      conv = conv3x3_matmul_wgrad
+    else:  # only XLA:CPU transposes x for the weight gradient (module docstring)
+      conv = conv3x3_materialized if jax.default_backend() == "cpu" else conv3x3_xla
     return conv(x.astype(self.dtype), kernel, self.dilation) + self.bias[...].astype(self.dtype)
