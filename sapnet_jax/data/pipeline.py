@@ -49,7 +49,7 @@ share (records p, p + P, ...). A fresh finite iterator per call: call it for eve
     pipeline.make_eval_iterator("rain100h:test", data_dir=...)   # or name it directly
 
 Demo data (no download, no network): `spec = demo.build_demo(data_dir)` builds
-`synthetic_rain/shipped` once into DATA_DIR/synthetic_rain/shipped/1.1.0 (a few seconds on
+`synthetic_rain/shipped` once into DATA_DIR/synthetic_rain/shipped/1.2.0 (a few seconds on
 two CPU cores; a second call reuses it) from the photos shipped in the package: train 48
 pairs, held-out `validation` 3 pairs of a scene never trained on. Then
 `data.dataset = spec.name`, `data.eval_datasets = f"{spec.name}:validation"`,

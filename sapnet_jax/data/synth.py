@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   for k in range(args.count):
     name, path = sources[picks[k % len(picks)]]
     clean = imageio.read_image(path)
-    style = (LIGHT, RainStyle(), HEAVY)[k % 3]
+    style = demo.DRAW_STYLES[k % len(demo.DRAW_STYLES)]  # what the demo dataset draws
     rainy, _ = add_rain(clean, demo.pair_seed(args.seed, name, k // len(picks)), style)
     pairs.append((rainy, clean))
   from PIL import Image

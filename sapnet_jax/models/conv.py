@@ -10,15 +10,16 @@ every shifted operand a contiguous slice of one array, so the gradient is nine p
 gradient stay XLA's. `wgrad="xla"` keeps XLA's own weight gradient; `"auto"` picks what
 measured fastest (benchmarks/bench_train.py, SAPNet, 12 x 100x100, -SSIM): on one H100 matmul
 (0.041 s/step vs 0.222 s xla: cuDNN's dilated weight gradients are slow); on a 2-core CPU,
-with Eigen's convolutions (xla_options.py), XLA for every layer (9.2 s/step vs 10.7 with
-matmul for the ConvLSTM gates and 15.9 with matmul everywhere). TPU is not measured: xla.
+with Eigen's convolutions (xla_options.py), XLA for every layer: 6.7 s/step vs 15.3 with
+matmul everywhere (before the materialization below: 9.2 s, and 10.7 with matmul for the
+ConvLSTM gates only). TPU is not measured: xla.
 
 On CPU, XLA computes the weight gradient as a convolution over transposed copies of x and dY,
 and fuses the elementwise chain that produced x (the residual stream: up to ten adds, ReLUs
 and attention scalings) into the transpose, recomputing it in a cache-hostile order: ~2 s of a
 9.2 s step. XLA does not fuse anything into a matrix product, so `conv3x3_materialized`,
 what "xla" means on CPU, passes x through an exact identity product (x @ I) before the conv
-and the transposes read x from memory (6.9 s/step). Only the differentiated forward pays for
+and the transposes read x from memory (9.2 -> 7.0 s/step). Only the differentiated forward pays for
 it; inference runs the plain conv.
 """
 
