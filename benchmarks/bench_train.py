@@ -6,7 +6,7 @@ Each variant runs in a fresh subprocess: SAPNet (official weights) and Adam, one
 step (sapnet_jax.train.Trainer) on a fixed batch of `batch` x patch x patch, first call
 (compile + run) and the median of `--repeats` further steps, and the process's peak RSS.
 Variants: the -SSIM loss with a Python loop or lax.scan over stages, each with XLA's conv
-weight gradients, the matmul VJP or the per-layer `auto` choice (models/conv.py); `--full` adds the paper's full loss
+weight gradients, the matmul VJP or `auto` (models/conv.py); `--full` adds the paper's full loss
 (-SSIM + PCL + LPIPS-Alex + seg; VGG/AlexNet/LPIPS weights from ../shared, seg encoder random).
 `--torch` times the official PyTorch code's step (-SSIM, Adam; dev only, needs torch and
 tests/fixtures/torch_reference.py) and the JAX loop variant of `--torch-wgrad` in alternating

@@ -38,7 +38,7 @@ SHIPPED = ("astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg")
 SHIPPED_HELD_OUT = ("chelsea.jpg",)
 # Streaks without the veil (synth.py still draws veils): from three photos the demo network
 # never learnt to undo a global veil (held-out PSNR swung by 2 dB and stayed under +3 dB over
-# the rainy input); on streaks alone it gains ~5 dB in the same 400 steps (docs/fidelity.md).
+# the rainy input); on streaks alone it gained 4.9 dB at step 400 (docs/fidelity.md).
 DRAW_STYLES = tuple(dataclasses.replace(s, haze_probability=0.0)
                     for s in (synth.RainStyle(), synth.HEAVY, synth.LIGHT))
 SEED = 20220104  # fixed: the dataset is part of the package, not of an experiment
@@ -110,7 +110,7 @@ class SyntheticRain(builders.PairedBuilder):
   RELEASE_NOTES = {"1.0.0": "First release.",
                    "1.1.0": "shipped: 16 rain draws per training photo (was 4); 12 pairs let "
                             "the demo memorise a colour shift that wrecked the held-out scene.",
-                   "1.2.0": "rain streaks without the atmospheric veil (as in Rain100H)."}
+                   "1.2.0": "rain streaks without the atmospheric veil."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="shipped", description="the 4 shipped photos only"),
       tfds.core.BuilderConfig(name="pool", description="shipped photos + MANUAL_DIR photos"),

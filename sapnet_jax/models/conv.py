@@ -19,8 +19,8 @@ and fuses the elementwise chain that produced x (the residual stream: up to ten 
 and attention scalings) into the transpose, recomputing it in a cache-hostile order: ~2 s of a
 9.2 s step. XLA does not fuse anything into a matrix product, so `conv3x3_materialized`,
 what "xla" means on CPU, passes x through an exact identity product (x @ I) before the conv
-and the transposes read x from memory (9.2 -> 7.0 s/step). Only the differentiated forward pays for
-it; inference runs the plain conv.
+and the transposes read x from memory (9.2 -> 7.0 s/step). Only the differentiated forward
+pays for it; inference runs the plain conv.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ def resolve_wgrad(wgrad: str, backend: str | None = None) -> str:
   if wgrad != "auto":
     return wgrad
   return "matmul" if (backend or jax.default_backend()) == "gpu" else "xla"
-
 
 
 def conv3x3_xla(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:

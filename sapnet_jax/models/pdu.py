@@ -46,7 +46,7 @@ class PDUConfig:
   # memory in training, about one more forward pass of compute.
   remat: bool = False
   # How training computes convolution weight gradients: "xla" (XLA's own), "matmul" (nine
-  # matrix products per conv) or "auto" (what measured faster on the backend: matmul on GPU, else xla; see
+  # matrix products per conv) or "auto" (what measured faster: matmul on GPU, else xla; see
   # models/conv.py). Forward unaffected.
   conv_wgrad: str = "auto"
 
