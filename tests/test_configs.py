@@ -94,3 +94,7 @@ def test_finetune_starts_from_the_shipped_official_weights(variant):
   for key in want:
     np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
   assert "rain100h" in config.eval.sets and config.optim.lr == 1e-5
+  from sapnet_jax.data import prepare
+  # Rain100H-like rain (docs/fidelity.md), built from the package alone on a fresh machine.
+  assert config.data.dataset == "synthetic_rain/shipped_rain100h"
+  assert config.data.dataset in prepare.NO_MANUAL_DIR

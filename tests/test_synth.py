@@ -1,9 +1,13 @@
 """The rain synthesizer: deterministic, vectorized, and its parameters do what they say."""
 
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 
-from sapnet_jax.data import synth
+from conftest import shared_path
+from sapnet_jax.data import imageio, synth
 
 CLEAN = np.random.default_rng(1).random((64, 80, 3)).astype(np.float32) * 0.8
 
@@ -66,9 +70,41 @@ def test_kernels_peak_at_one_without_defocus():
   np.testing.assert_allclose(kernels.max(axis=(1, 2)), 1.0, atol=1e-6)
 
 
+def test_added_rain_is_clean_plus_rain_clipped():
+  # A bright clean image: the screen blend shrinks rain there, adding does not until 1.
+  clean = np.full((48, 48, 3), 0.7, np.float32)
+  add = synth.RainStyle(haze_probability=0.0, blend="add", density=(0.01, 0.01))
+  screen = dataclasses.replace(add, blend="screen")
+  added, _ = synth.add_rain(clean, 3, add)
+  screened, _ = synth.add_rain(clean, 3, screen)
+  rng = np.random.default_rng(3)  # add_rain's draws: the parameters, then the layer
+  rain = synth.rain_layer(clean.shape[:2], synth.sample_params(rng, add), rng)
+  np.testing.assert_allclose(added, np.clip(clean + rain[..., None], 0, 1), atol=1e-6)
+  np.testing.assert_allclose(screened, 1 - (1 - clean) * (1 - rain[..., None]), atol=1e-6)
+  assert added.max() == 1.0 and (added - clean).mean() > (screened - clean).mean()
+
+
+def test_rain100h_style_matches_rain100h_residuals():
+  # The style's calibration (synth.RAIN100H): drawn over Rain100H's own clean images, the
+  # median over images of the residual (rainy - clean) quantiles is within 0.05 of Rain100H's.
+  folder = shared_path("data/rain100h")
+  names = sorted(os.listdir(folder / "clean"))[:40:2]
+  ours, theirs = [], []
+  for seed, name in enumerate(names):
+    clean = imageio.read_image(folder / "clean" / name)
+    rainy = imageio.read_image(folder / "rainy" / name)
+    drawn, _ = synth.add_rain(clean, seed, synth.RAIN100H)
+    ours.append(np.percentile((drawn - clean).mean(-1), (10, 50, 90)))
+    theirs.append(np.percentile((rainy - clean).mean(-1), (10, 50, 90)))
+  np.testing.assert_allclose(np.median(ours, 0), np.median(theirs, 0), atol=0.05)
+  assert np.median(theirs, 0)[1] > 0.1  # heavy rain: not two near-empty residuals agreeing
+
+
 def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match="RainStyle.length"):
     synth.RainStyle(length=(40.0, 10.0))
+  with pytest.raises(ValueError, match="RainStyle.blend"):
+    synth.RainStyle(blend="multiply")
   with pytest.raises(ValueError, match="expected an \\(H, W, 3\\) image"):
     synth.add_rain(np.zeros((4, 4)), 0)
 

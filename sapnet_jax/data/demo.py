@@ -1,7 +1,7 @@
 """The embedded demo dataset: synthetic rain over clean photos that ship with the package.
 
 Nobody can download the de-raining benchmarks from a script, so the demo and the tests train
-on pairs made here. The TFDS builder `synthetic_rain` has two configs:
+on pairs made here. The TFDS builder `synthetic_rain` has these configs:
 
   shipped  the four photos in `sapnet_jax/data/demo_images/` (public domain / CC0, from
            scikit-image's bundled data; see the README there). train: astronaut, coffee and
@@ -10,11 +10,15 @@ on pairs made here. The TFDS builder `synthetic_rain` has two configs:
   pool     the shipped photos plus every image in MANUAL_DIR (e.g. the project's
            `shared/data/clean_pool`, 150 photos). validation: chelsea and every 10th MANUAL_DIR
            image by name (1 draw each); train: all others (2 draws each).
+  shipped_rain100h, pool_rain100h
+           the same pairs with rain drawn like Rain100H's (`synth.RAIN100H`): what fine-tuning
+           the released Rain100H weights needs (configs/finetune.py; docs/fidelity.md).
 
 Validation scenes never appear in training (held out by image, not by draw). Every pair's
 seed is derived from the image name and draw number (`pair_seed`), so a build gives the same
 pairs every time, whatever the order or the other images. Draws cycle through the default,
-heavy and light rain styles of `synth.py`, without their veil (rain streaks only).
+heavy and light rain styles of `synth.py`, without their veil (rain streaks only), except in
+the *_rain100h configs.
 
     spec = demo.build_demo(data_dir)                       # or build_demo(data_dir, clean_dir)
     config.data.dataset = spec.name                        # "synthetic_rain/shipped"
@@ -42,6 +46,15 @@ SHIPPED_HELD_OUT = ("chelsea.jpg",)
 DRAW_STYLES = tuple(dataclasses.replace(s, haze_probability=0.0)
                     for s in (synth.RainStyle(), synth.HEAVY, synth.LIGHT))
 SEED = 20220104  # fixed: the dataset is part of the package, not of an experiment
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticRainConfig(tfds.core.BuilderConfig):
+  """A `synthetic_rain` config: which clean photos (shipped only, or plus MANUAL_DIR) and the
+  rain styles its draws cycle through."""
+
+  pool: bool = False
+  styles: tuple[synth.RainStyle, ...] = DRAW_STYLES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +114,9 @@ def demo_items(clean_dir: str | None) -> dict[str, list[DemoItem]]:
 class SyntheticRain(builders.PairedBuilder):
   """Synthetic rain over clean photos: the demo dataset (see sapnet_jax/data/demo.py).
 
-  Config `shipped` needs no MANUAL_DIR. Config `pool` reads the clean photos directly in
-  MANUAL_DIR (not recursive), e.g. the project's shared/data/clean_pool.
+  Configs `shipped` and `shipped_rain100h` need no MANUAL_DIR; `pool` and `pool_rain100h` read
+  the clean photos directly in MANUAL_DIR (not recursive), e.g. the project's
+  shared/data/clean_pool.
   """
 
   name = "synthetic_rain"
@@ -112,19 +126,25 @@ class SyntheticRain(builders.PairedBuilder):
                             "the demo memorise a colour shift that wrecked the held-out scene.",
                    "1.2.0": "rain streaks without the atmospheric veil."}
   BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name="shipped", description="the 4 shipped photos only"),
-      tfds.core.BuilderConfig(name="pool", description="shipped photos + MANUAL_DIR photos"),
+      SyntheticRainConfig(name="shipped", description="the 4 shipped photos only"),
+      SyntheticRainConfig(name="pool", description="shipped photos + MANUAL_DIR photos",
+                          pool=True),
+      SyntheticRainConfig(name="shipped_rain100h", styles=(synth.RAIN100H,),
+                          description="the 4 shipped photos, Rain100H-like rain"),
+      SyntheticRainConfig(name="pool_rain100h", pool=True, styles=(synth.RAIN100H,),
+                          description="shipped + MANUAL_DIR photos, Rain100H-like rain"),
   ]
   DEFAULT_CONFIG_NAME = "shipped"
 
   def _split_generators(self, dl_manager):
-    clean_dir = os.fspath(dl_manager.manual_dir) if self.builder_config.name == "pool" else None
+    clean_dir = os.fspath(dl_manager.manual_dir) if self.builder_config.pool else None
     return {split: self._generate_examples(split, items)
             for split, items in demo_items(clean_dir).items()}
 
   def load(self, pair: DemoItem) -> dict:
     clean_bytes, clean = builders.encode_image_file(pair.clean)
-    style = DRAW_STYLES[pair.draw % len(DRAW_STYLES)]
+    styles = self.builder_config.styles
+    style = styles[pair.draw % len(styles)]
     rainy, _ = synth.add_rain(clean, pair_seed(SEED, pair.source, pair.draw), style)
     return {"rainy": builders.png_bytes(imageio.to_uint8(rainy)), "clean": clean_bytes,
             "size": np.array(clean.shape[:2], np.int32)}

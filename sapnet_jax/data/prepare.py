@@ -2,8 +2,9 @@
 [--data_dir DIR] [--overwrite].
 
 NAME is a builder of sapnet_jax.data.builders (rain100h, rain100l, rain12, rain1400, rain800,
-spa_data, real_rain, paired_folder) or the demo dataset (synthetic_rain/shipped, which needs no
---manual_dir, or synthetic_rain/pool). The result is an ArrayRecord dataset under
+spa_data, real_rain, paired_folder) or the demo dataset (synthetic_rain/shipped and
+synthetic_rain/shipped_rain100h, which need no --manual_dir, or synthetic_rain/pool and
+synthetic_rain/pool_rain100h). The result is an ArrayRecord dataset under
 DATA_DIR/NAME/VERSION (DATA_DIR defaults to TFDS's ~/tensorflow_datasets).
 
 Idempotent and safe to interrupt: TFDS writes into DATA_DIR/NAME/incomplete.* and renames the
@@ -22,14 +23,16 @@ from typing import Sequence
 
 import tensorflow_datasets as tfds
 
-from sapnet_jax.data import builders, demo, imageio  # noqa: F401  (demo: its builder)
+from sapnet_jax.data import builders, demo, imageio
 from sapnet_jax.data.pairs import LayoutError
 
-NO_MANUAL_DIR = ("synthetic_rain/shipped", "synthetic_rain")
+DEMO_NAMES = [f"synthetic_rain/{c.name}" for c in demo.SyntheticRain.BUILDER_CONFIGS]
+NO_MANUAL_DIR = ("synthetic_rain",) + tuple(
+    f"synthetic_rain/{c.name}" for c in demo.SyntheticRain.BUILDER_CONFIGS if not c.pool)
 
 
 def known_datasets() -> list[str]:
-  return sorted(builders.BUILDERS) + ["synthetic_rain/shipped", "synthetic_rain/pool"]
+  return sorted(builders.BUILDERS) + DEMO_NAMES
 
 
 def _check_name(name: str) -> None:
