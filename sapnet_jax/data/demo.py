@@ -11,8 +11,8 @@ on pairs made here. The TFDS builder `synthetic_rain` has these configs:
            `shared/data/clean_pool`, 150 photos). validation: chelsea and every 10th MANUAL_DIR
            image by name (1 draw each); train: all others (2 draws each).
   shipped_rain100h, pool_rain100h
-           the same pairs with rain drawn like Rain100H's (`synth.RAIN100H`): what fine-tuning
-           the released Rain100H weights needs (configs/finetune.py; docs/fidelity.md).
+           the same pairs with rain drawn like Rain100H's (`synth.RAIN100H`), closer to what
+           the released weights were trained on (configs/finetune.py; docs/fidelity.md).
 
 Validation scenes never appear in training (held out by image, not by draw). Every pair's
 seed is derived from the image name and draw number (`pair_seed`), so a build gives the same
