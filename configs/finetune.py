@@ -6,9 +6,10 @@ Starts from `sapnet-rain100h` (shipped in the package), trains with -SSIM at lr 
 official schedule's last lr, 1e-3 x 0.2^3) on batches of 12 official-size 100x100 patches of
 `synthetic_rain/shipped_rain100h` (the shipped photos under rain drawn like Rain100H's,
 synth.RAIN100H), and validates on those pairs and on Rain100H (../shared/data/rain100h) at the
-end. The released weights still drift on it (5 Rain100H images, `:cpu` batches: -0.42 / -1.00 /
--1.45 dB after 100 / 200 / 300 steps; -0.25 / -0.46 / -0.72 at lr 1e-6), far less than on the
-demo's own screen-blended streaks (-2.2 dB by 100 steps); docs/fidelity.md has the measurements.
+end. The released weights still drift on it: with `:cpu` batches, Rain100H (100 pairs) goes
+26.56 -> 26.19 / 25.74 / 25.27 dB after 100 / 200 / 300 steps and the held-out synthetic scene
+30.03 -> 29.89 / 29.38 / 28.87, less than on the demo's own screen-blended streaks (-2.2 dB by
+100 steps on 5 Rain100H images); docs/fidelity.md has the measurements.
 On a GPU it takes a minute; on a 2-core CPU use `:cpu` (4 patches of 64x64: 0.5-0.9 steps/s
 measured, so 300 steps take 6-10 minutes before the final evaluation).
 `--config.train.init_weights=PATH` starts from another .pth or Orbax directory instead.
