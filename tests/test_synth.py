@@ -100,6 +100,21 @@ def test_rain100h_style_matches_rain100h_residuals():
   assert np.median(theirs, 0)[1] > 0.1  # heavy rain: not two near-empty residuals agreeing
 
 
+def test_grid_cli_draws_the_chosen_style(tmp_path):
+  from PIL import Image
+  grids = {}
+  for style in ("light", "rain100h"):
+    out = tmp_path / f"{style}.png"
+    assert synth.main(["--grid", str(out), "--count", "2", "--cell", "64", "--style", style]) == 0
+    grids[style] = np.asarray(Image.open(out).convert("RGB"), np.float32)
+    assert grids[style].shape == (64 + 8, 2 * (2 * 64 + 12), 3)
+  # Left cell rainy, right cell clean: Rain100H's dense rain brightens far more than light rain.
+  gain = {k: g[4:68, 4:68].mean() - g[4:68, 72:136].mean() for k, g in grids.items()}
+  assert gain["rain100h"] > gain["light"] + 10, gain
+  with pytest.raises(SystemExit):
+    synth.main(["--grid", str(tmp_path / "x.png"), "--style", "drizzle"])
+
+
 def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match="RainStyle.length"):
     synth.RainStyle(length=(40.0, 10.0))

@@ -16,7 +16,8 @@ streams stable across releases).
 
     rainy, params = add_rain(clean, seed=3)             # clean: float (H, W, 3) in [0, 1]
 
-`python -m sapnet_jax.data.synth --grid docs/images/synthetic_rain.png` draws the README grid.
+`python -m sapnet_jax.data.synth --grid docs/images/synthetic_rain.png` draws the README grid
+(`--style rain100h` the rain of the fine-tuning pairs).
 """
 
 from __future__ import annotations
@@ -223,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--count", type=int, default=6, help="pairs in the grid")
   parser.add_argument("--cell", type=int, default=176, help="pixels per image in the grid")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--style", default="demo", choices=["demo", *STYLES],
+                      help="rain style: demo (what the demo dataset draws) or one of synth.STYLES")
   args = parser.parse_args(argv)
   # pylint: disable=import-outside-toplevel
   from sapnet_jax.data import demo, imageio
@@ -233,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   for k in range(args.count):
     name, path = sources[picks[k % len(picks)]]
     clean = imageio.read_image(path)
-    style = demo.DRAW_STYLES[k % len(demo.DRAW_STYLES)]  # what the demo dataset draws
+    style = (demo.DRAW_STYLES[k % len(demo.DRAW_STYLES)] if args.style == "demo"
+             else STYLES[args.style])
     rainy, _ = add_rain(clean, demo.pair_seed(args.seed, name, k // len(picks)), style)
     pairs.append((rainy, clean))
   from PIL import Image
