@@ -2,8 +2,9 @@
 by motion and defocus, over a clean photo, with optional haze (veiling).
 
 Why this model: the synthetic benchmarks (Rain100H/L, Rain1400) were made by rendering
-motion-blurred noise in Photoshop and blending it over clean photos, and Rain100H adds several
-streak directions and an atmospheric veil. Here each streak layer is a sparse field of drops
+motion-blurred noise in Photoshop and blending it over clean photos; Rain100H has several
+streak directions (its paper's model also has a veil, which its test pairs do not show: see
+RAIN100H). Here each streak layer is a sparse field of drops
 convolved with one anti-aliased line kernel (a drop smeared along its fall direction: the
 motion blur; its Gaussian profile across the line: the width plus defocus), all layers in one
 batched FFT. Layers are screen-blended over the clean image (rain only brightens, never pushes
@@ -73,7 +74,8 @@ HEAVY = RainStyle(layers=(2, 4), density=(0.004, 0.012), brightness=(0.5, 0.9),
 # veil (the residual does not depend on the clean intensity until it clips at 1); long thin
 # streaks in one or two directions over most of the image. Drawn on 20 of its clean images, this
 # style gives per-image residual quantiles 10/50/90% of 0.021 / 0.230 / 0.417 (Rain100H: 0.029 /
-# 0.188 / 0.404) and autocorrelations along / across the streaks within 0.04 of Rain100H's.
+# 0.188 / 0.404) and autocorrelations along / across the streaks (lags 1-60 px) within 0.045 of
+# Rain100H's.
 RAIN100H = RainStyle(layers=(1, 2), angle_deg=(-20.0, 20.0), angle_spread_deg=15.0,
                      length=(40.0, 120.0), width=(1.0, 2.0), blur=(0.0, 0.5),
                      density=(0.003, 0.007), brightness=(0.2, 0.45), haze_probability=0.0,
