@@ -1,15 +1,14 @@
 """A rain synthesizer: streaks of random angle, length, width, density and brightness, blurred
 by motion and defocus, over a clean photo, with optional haze (veiling).
 
-Why this model: the synthetic benchmarks (Rain100H/L, Rain1400) were made by rendering
-motion-blurred noise in Photoshop and blending it over clean photos; Rain100H has several
-streak directions (its paper's model also has a veil, which its test pairs do not show: see
-RAIN100H). Here each streak layer is a sparse field of drops
-convolved with one anti-aliased line kernel (a drop smeared along its fall direction: the
-motion blur; its Gaussian profile across the line: the width plus defocus), all layers in one
-batched FFT. Layers are screen-blended over the clean image (rain only brightens, never pushes
-a pixel past 1), or added and clipped as in Rain100H (`RAIN100H`), then a veil `I t + A (1 - t)`
-is mixed in with a grey airlight A.
+Why this model: the synthetic benchmarks (Rain100H/L, Rain1400) were made by rendering motion-
+blurred noise in Photoshop and blending it over clean photos; Rain100H has several streak
+directions (its paper's model also has a veil, which its test pairs do not show: see RAIN100H).
+Here each streak layer is a sparse field of drops convolved with one anti-aliased line kernel (a
+drop smeared along its fall direction: the motion blur; its Gaussian profile across the line:
+the width plus defocus), all layers in one batched FFT. Layers are screen-blended over the clean
+image (rain only brightens, never pushes a pixel past 1), or added and clipped as in Rain100H
+(`RAIN100H`), then a veil `I t + A (1 - t)` is mixed in with a grey airlight A.
 
 Everything is NumPy, vectorized over pixels and layers, and deterministic: the same seed gives
 the same image on every run (`rng = np.random.default_rng(seed)`; NumPy keeps its generators'
