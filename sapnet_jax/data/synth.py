@@ -1,8 +1,8 @@
 """A rain synthesizer: streaks of random angle, length, width, density and brightness, blurred
 by motion and defocus, over a clean photo, with optional haze (veiling).
 
-Why this model: the synthetic benchmarks (Rain100H/L, Rain1400) were made by rendering motion-
-blurred noise in Photoshop and blending it over clean photos; Rain100H has several streak
+Why this model: the synthetic benchmarks (Rain100H/L, Rain1400) were made by rendering
+motion-blurred noise in Photoshop and blending it over clean photos; Rain100H has several streak
 directions (its paper's model also has a veil, which its test pairs do not show: see RAIN100H).
 Here each streak layer is a sparse field of drops convolved with one anti-aliased line kernel (a
 drop smeared along its fall direction: the motion blur; its Gaussian profile across the line:
