@@ -98,3 +98,17 @@ def test_finetune_starts_from_the_shipped_official_weights(variant):
   # Rain100H-like rain (docs/fidelity.md), built from the package alone on a fresh machine.
   assert config.data.dataset == "synthetic_rain/shipped_rain100h"
   assert config.data.dataset in prepare.NO_MANUAL_DIR
+
+
+@pytest.mark.parametrize("variant,batch", [("pool", 12), ("cpu_pool", 4)])
+def test_finetune_pool_variants_add_the_clean_pool_at_a_smaller_lr(variant, batch):
+  from sapnet_jax.data import prepare
+  config = importlib.import_module("configs.finetune").get_config(variant)
+  base = importlib.import_module("configs.finetune").get_config(
+      "cpu" if variant.startswith("cpu") else "gpu")
+  assert _diff(config, base) == {"data.dataset", "data.manual_dir", "data.eval_datasets",
+                                 "eval.sets.synthetic_val", "optim.lr"}
+  assert config.data.dataset == "synthetic_rain/pool_rain100h"
+  assert config.data.dataset not in prepare.NO_MANUAL_DIR
+  assert config.eval.sets.synthetic_val == config.data.eval_datasets
+  assert config.optim.lr == 1e-6 and config.data.global_batch_size == batch
