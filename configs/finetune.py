@@ -31,28 +31,26 @@ def get_config(variant: str = "gpu"):
   if variant not in VARIANTS:
     raise ValueError(f"configs/finetune.py:{variant}: unknown variant; known: "
                      f"{', '.join(VARIANTS)}")
+  pool = variant.endswith("pool")
+  dataset = f"synthetic_rain/{'pool' if pool else 'shipped'}_rain100h"
   config = default.get_config()
   config.train.init_weights = "sapnet-rain100h"
-  config.data.dataset = "synthetic_rain/shipped_rain100h"
+  config.data.dataset = dataset
   config.data.prepare = True
-  config.data.eval_datasets = "synthetic_rain/shipped_rain100h:validation"
+  config.data.eval_datasets = f"{dataset}:validation"
   config.data.patch_mode = "random"
   config.data.flip_lr = True
-  config.eval.sets = {"synthetic_val": "synthetic_rain/shipped_rain100h:validation",
+  config.eval.sets = {"synthetic_val": f"{dataset}:validation",
                       "rain100h": dict(rainy="../shared/data/rain100h/rainy",
                                        clean="../shared/data/rain100h/clean")}
   # -SSIM only: the perceptual terms need VGG/AlexNet weights that a fresh machine lacks.
   config.loss.update(dict(contrast="none", lpips_weight=0.0, seg_weight=0.0))
-  config.optim.lr = 1e-5
+  config.optim.lr = 1e-6 if pool else 1e-5
   config.optim.milestones = ()
   config.train.update(dict(num_steps=300, log_every=20, eval_every=0, save_every=100))
   if variant.startswith("cpu"):
     config.data.global_batch_size = 4
     config.data.patch_size = 64
-  if variant.endswith("pool"):
-    config.data.dataset = "synthetic_rain/pool_rain100h"
+  if pool:
     config.data.manual_dir = "../shared/data/clean_pool"
-    config.data.eval_datasets = "synthetic_rain/pool_rain100h:validation"
-    config.eval.sets.synthetic_val = "synthetic_rain/pool_rain100h:validation"
-    config.optim.lr = 1e-6
   return config

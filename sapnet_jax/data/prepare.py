@@ -26,9 +26,9 @@ import tensorflow_datasets as tfds
 from sapnet_jax.data import builders, demo, imageio
 from sapnet_jax.data.pairs import LayoutError
 
-DEMO_NAMES = [f"synthetic_rain/{c.name}" for c in demo.SyntheticRain.BUILDER_CONFIGS]
-NO_MANUAL_DIR = ("synthetic_rain",) + tuple(
-    f"synthetic_rain/{c.name}" for c in demo.SyntheticRain.BUILDER_CONFIGS if not c.pool)
+_DEMO_CONFIGS = {f"synthetic_rain/{c.name}": c for c in demo.SyntheticRain.BUILDER_CONFIGS}
+DEMO_NAMES = list(_DEMO_CONFIGS)
+NO_MANUAL_DIR = ("synthetic_rain",) + tuple(n for n, c in _DEMO_CONFIGS.items() if not c.pool)
 
 
 def known_datasets() -> list[str]:
