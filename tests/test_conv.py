@@ -1,4 +1,5 @@
-"""The matrix-product weight gradient equals XLA's convolution gradient."""
+"""3x3 convolutions: the matrix-product weight gradient equals XLA's, and the helpers for bias
+and channel sums equal plain autodiff."""
 
 import dataclasses
 
@@ -71,3 +72,28 @@ def test_materialized_conv_is_the_xla_conv(dilation):
   assert "dot_general" in vjp_eqns
   assert "dot_general" not in str(jax.make_jaxpr(
       lambda x, k: conv.conv3x3_materialized(x, k, dilation))(x, k))
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 6, 5), (2, 3, 3, 7)])  # pixels divisible by 8 or not
+def test_channel_sum_is_the_sum(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  np.testing.assert_allclose(conv.channel_sum(x), jnp.sum(x, (0, 1, 2)), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(conv.channel_sum(x, keep_batch=True), jnp.sum(x, (1, 2)),
+                             rtol=1e-5, atol=1e-5)
+  # bfloat16 inputs are accumulated in float32: 4096 ones sum to 4096 exactly, not 256.
+  ones = jnp.ones((1, 64, 64, 2), jnp.bfloat16)
+  np.testing.assert_array_equal(conv.channel_sum(ones), [4096.0, 4096.0])
+
+
+def test_add_bias_gradient_is_the_channel_sum():
+  y = jax.random.normal(jax.random.key(0), (2, 5, 8, 3))
+  b = jax.random.normal(jax.random.key(1), (3,))
+
+  def loss(add):
+    return lambda y, b: jnp.sum(jnp.sin(add(y, b)))
+
+  np.testing.assert_array_equal(conv.add_bias(y, b), y + b)
+  got = jax.grad(loss(conv.add_bias), argnums=(0, 1))(y, b)
+  ref = jax.grad(loss(lambda y, b: y + b), argnums=(0, 1))(y, b)
+  for a, r in zip(got, ref):
+    np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)

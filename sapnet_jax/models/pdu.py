@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sapnet_jax.models.conv import WGRADS, Conv3x3
+from sapnet_jax.models.conv import WGRADS, Conv3x3, channel_sum, materialize
 
 Attention = Literal["cra", "ca", "se", "none"]
 ATTENTIONS = ("cra", "ca", "se", "none")
@@ -85,15 +85,50 @@ def _conv(cfg: PDUConfig, cin: int, cout: int, dilation: int, rngs: nnx.Rngs) ->
   return Conv3x3(cin, cout, dilation, dtype=jnp.dtype(cfg.dtype), wgrad=cfg.conv_wgrad, rngs=rngs)
 
 
-def spatial_mean(x: jax.Array) -> jax.Array:
-  """(N, H, W, C) -> (N, C) mean over pixels, accumulated in at least float32, as a
-  matrix-vector product: XLA:CPU splits `jnp.mean` over 10^4 pixels into tiled reduce-windows,
-  0.4 s of a 7.1 s SAPNet train step (12 x 100x100, benchmarks/bench_train.py)."""
-  n, h, w, c = x.shape
-  acc = jnp.promote_types(x.dtype, jnp.float32)
-  total = jnp.einsum("npc,p->nc", x.reshape(n, h * w, c), jnp.ones((h * w,), x.dtype),
-                     preferred_element_type=acc)
-  return (total / (h * w)).astype(x.dtype)
+def pixel_sum(x: jax.Array) -> jax.Array:
+  """(N, ..., C) -> (N, C) sum over pixels, accumulated in at least float32."""
+  return channel_sum(x, keep_batch=True)
+
+
+@jax.custom_vjp
+def scale_channels(x: jax.Array, s: jax.Array) -> jax.Array:
+  """x (N, H, W, C) times s (N, C), with the gradient of s reduced by `pixel_sum`: autodiff's
+  own reduction becomes a reduce-window that XLA:CPU runs slower."""
+  return x * s[:, None, None, :]
+
+
+def _scale_fwd(x, s):
+  return scale_channels(x, s), (x, s)
+
+
+def _scale_bwd(res, g):
+  x, s = res
+  return g * s[:, None, None, :], pixel_sum(g * x).astype(s.dtype)
+
+
+scale_channels.defvjp(_scale_fwd, _scale_bwd)
+
+
+@jax.custom_vjp
+def stage_boundary(x: jax.Array) -> jax.Array:
+  """Identity that keeps `x` and its gradient as buffers of their own.
+
+  The ConvLSTM cell state is the only tensor carried from stage to stage by elementwise ops
+  alone, so XLA:CPU fuses its whole backward chain (dc_t = dc_{t+1} * f_{t+1} + ...) into each
+  stage's gradient fusions and recomputes it there: quadratic in the number of stages.
+  """
+  return materialize(x)
+
+
+def _boundary_fwd(x):
+  return materialize(x), None
+
+
+def _boundary_bwd(_, g):
+  return (materialize(g),)
+
+
+stage_boundary.defvjp(_boundary_fwd, _boundary_bwd)
 
 
 class ChannelAttention(nnx.Module):
@@ -114,11 +149,12 @@ class ChannelAttention(nnx.Module):
                      if kind == "cra" else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = spatial_mean(x)
+    hw = x.shape[1] * x.shape[2]
+    y = (pixel_sum(x) / hw).astype(x.dtype)
     z = self.up(jax.nn.relu(self.down(y)))
     if self.residual is not None:
       z = z + self.residual(y)
-    return x * jax.nn.sigmoid(z)[:, None, None, :]
+    return scale_channels(x, jax.nn.sigmoid(z))
 
 
 class ResidualBlock(nnx.Module):
@@ -169,7 +205,7 @@ class PDUNet(nnx.Module):
     x = jax.nn.relu(self.conv0(jnp.concatenate([image, x], axis=-1)))
     if self.gates is not None:
       i, f, g, o = jnp.split(self._gates(x, h, first), 4, axis=-1)
-      c = jax.nn.sigmoid(i) * jnp.tanh(g) + (0 if first else jax.nn.sigmoid(f) * c)
+      c = stage_boundary(jax.nn.sigmoid(i) * jnp.tanh(g) + (0 if first else jax.nn.sigmoid(f) * c))
       h = jax.nn.sigmoid(o) * jnp.tanh(c)
       x = h
     for block in self.blocks:
