@@ -41,6 +41,27 @@ def test_ssim_matches_official_pytorch_ssim():
   assert float(losses.ssim_loss(x[:1], x[:1])) == pytest.approx(-1.0, abs=1e-6)
 
 
+def test_ssim_on_non_square_images_matches_a_direct_2d_window():
+  # Reference: the 11x11 Gaussian window applied directly (zero padding, float64 numpy), on
+  # images whose height and width differ, so that swapped blur axes would show.
+  rng = np.random.default_rng(0)
+  x = rng.random((2, 13, 17, 3))
+  y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1)
+  g = losses._gaussian(11, 1.5)
+  w = np.outer(g, g)
+
+  def blur(a):
+    p = np.pad(a, ((0, 0), (5, 5), (5, 5), (0, 0)))
+    return sum(w[i, j] * p[:, i:i + a.shape[1], j:j + a.shape[2]] for i in range(11) for j in range(11))
+
+  mu1, mu2 = blur(x), blur(y)
+  s11, s22, s12 = blur(x * x) - mu1**2, blur(y * y) - mu2**2, blur(x * y) - mu1 * mu2
+  c1, c2 = 0.01**2, 0.03**2
+  ref = np.mean((2 * mu1 * mu2 + c1) * (2 * s12 + c2) / ((mu1**2 + mu2**2 + c1) * (s11 + s22 + c2)))
+  assert float(losses.ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))) == (
+      pytest.approx(ref, abs=1e-5))
+
+
 @pytest.fixture(scope="module")
 def weights():
   return {"vgg": str(shared_path("weights/vgg16_imagenet/vgg16_features_hwio.npz")),
