@@ -154,11 +154,14 @@ class Conv3x3(nnx.Module):
     self.kernel = nnx.Param(init(rngs.params(), (3, 3, cin, cout), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
 
-  def __call__(self, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
-    """`kernel` replaces the parameter (e.g. a slice of it); the bias is always added."""
+  def __call__(self, x: jax.Array, kernel: jax.Array | None = None,
+               with_bias: bool = True) -> jax.Array:
+    """`kernel` replaces the parameter (e.g. a slice of it); `with_bias=False` leaves the bias
+    to the caller."""
     kernel = (self.kernel[...] if kernel is None else kernel).astype(self.dtype)
     if self.wgrad == "matmul":
       conv = conv3x3_matmul_wgrad
     else:  # only XLA:CPU transposes x for the weight gradient (module docstring)
       conv = conv3x3_materialized if jax.default_backend() == "cpu" else conv3x3_xla
-    return add_bias(conv(x.astype(self.dtype), kernel, self.dilation), self.bias[...].astype(self.dtype))
+    y = conv(x.astype(self.dtype), kernel, self.dilation)
+    return add_bias(y, self.bias[...].astype(self.dtype)) if with_bias else y

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sapnet_jax.models.conv import WGRADS, Conv3x3, channel_sum, materialize
+from sapnet_jax.models.conv import WGRADS, Conv3x3, add_bias, channel_sum, materialize
 
 Attention = Literal["cra", "ca", "se", "none"]
 ATTENTIONS = ("cra", "ca", "se", "none")
@@ -148,9 +148,15 @@ class ChannelAttention(nnx.Module):
     self.residual = (nnx.Linear(channels, channels, use_bias=False, dtype=dtype, rngs=rngs)
                      if kind == "cra" else None)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """Attends x + bias (bias (C,), optional). The pool is taken of x and the bias added to the
+    pooled values, so that XLA reads x, a convolution's output, instead of writing x + bias
+    for the pool (train step 6.46 -> 6.33 s, alternated twice)."""
     hw = x.shape[1] * x.shape[2]
     y = (pixel_sum(x) / hw).astype(x.dtype)
+    if bias is not None:
+      y = y + bias
+      x = add_bias(x, bias)
     z = self.up(jax.nn.relu(self.down(y)))
     if self.residual is not None:
       z = z + self.residual(y)
@@ -172,13 +178,13 @@ class ResidualBlock(nnx.Module):
       self.att2 = ChannelAttention(cfg.attention, c, cfg.reduction, dtype, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = self.conv1(x)
-    if self.att1 is not None:
-      y = self.att1(y)
-    y = self.conv2(jax.nn.relu(y))
-    if self.att2 is not None:
-      y = self.att2(y)
-    return jax.nn.relu(y)
+    for conv, att in ((self.conv1, self.att1), (self.conv2, self.att2)):
+      if att is None:
+        x = conv(x)
+      else:  # the conv's bias goes to the attention, which pools the conv's output itself
+        x = att(conv(x, with_bias=False), conv.bias[...].astype(conv.dtype))
+      x = jax.nn.relu(x)
+    return x
 
 
 class PDUNet(nnx.Module):
