@@ -17,10 +17,10 @@ ConvLSTM gates only). TPU is not measured: xla.
 On CPU, XLA computes the weight gradient as a convolution over transposed copies of x and dY,
 and fuses the elementwise chain that produced x (the residual stream: up to ten adds, ReLUs
 and attention scalings) into the transpose, recomputing it in a cache-hostile order: ~2 s of a
-9.2 s step. XLA does not fuse anything into a matrix product, so `conv3x3_materialized`,
-what "xla" means on CPU, passes x through an exact identity product (x @ I) before the conv
-and the transposes read x from memory (9.2 -> 7.0 s/step). Only the differentiated forward
-pays for it; inference runs the plain conv.
+9.2 s step. `conv3x3_materialized`, what "xla" means on CPU, passes x through `materialize`
+before the conv, a boundary XLA does not fuse across, so that the transposes read x from
+memory (9.2 -> 7.0 s/step). Only the differentiated forward pays for it; inference runs the
+plain conv.
 """
 
 from __future__ import annotations
@@ -96,10 +96,14 @@ def conv3x3_materialized(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.
 
 
 def materialize(x: jax.Array) -> jax.Array:
-  """x as a buffer of its own: x @ I is exact, and XLA does not fuse a matrix product into its
-  consumers (nor elementwise producers into it), unlike an optimization barrier, which XLA:CPU
-  drops before fusion."""
-  return jnp.einsum("...c,cd->...d", x, jnp.eye(x.shape[-1], dtype=x.dtype))
+  """x as a buffer of its own: XLA fuses it neither into x's consumers nor with x's producers.
+
+  The value is the taken branch of a conditional whose predicate XLA cannot fold (x0 == x0 or
+  isnan(x0): always true), so it is x exactly. XLA:CPU drops optimization barriers before
+  fusion; the earlier form, x @ I (XLA does not fuse into matrix products either), cost a
+  product per call: train step 6.69/6.55 s with it vs 6.55/6.47 s (alternated twice)."""
+  first = x.reshape(-1)[0]
+  return jax.lax.cond((first == first) | jnp.isnan(first), lambda v: v, lambda v: v + 1, x)
 
 
 def _fwd_materialized(x, kernel, dilation):

@@ -115,7 +115,8 @@ def stage_boundary(x: jax.Array) -> jax.Array:
 
   The ConvLSTM cell state is the only tensor carried from stage to stage by elementwise ops
   alone, so XLA:CPU fuses its whole backward chain (dc_t = dc_{t+1} * f_{t+1} + ...) into each
-  stage's gradient fusions and recomputes it there: quadratic in the number of stages.
+  stage's gradient fusions and recomputes it there: quadratic in the number of stages
+  (train step 6.75 -> 6.44 s on a 2-core CPU, 12 x 100x100).
   """
   return materialize(x)
 
@@ -211,7 +212,9 @@ class PDUNet(nnx.Module):
     x = jax.nn.relu(self.conv0(jnp.concatenate([image, x], axis=-1)))
     if self.gates is not None:
       i, f, g, o = jnp.split(self._gates(x, h, first), 4, axis=-1)
-      c = stage_boundary(jax.nn.sigmoid(i) * jnp.tanh(g) + (0 if first else jax.nn.sigmoid(f) * c))
+      c = jax.nn.sigmoid(i) * jnp.tanh(g) + (0 if first else jax.nn.sigmoid(f) * c)
+      if jax.default_backend() == "cpu":  # measured there; a GPU conditional syncs with the host
+        c = stage_boundary(c)
       h = jax.nn.sigmoid(o) * jnp.tanh(c)
       x = h
     for block in self.blocks:
