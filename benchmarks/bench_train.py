@@ -12,7 +12,9 @@ weight gradients, the matmul VJP or `auto` (models/conv.py); `--full` adds the p
 tests/fixtures/torch_reference.py) and the JAX loop variant of `--torch-wgrad` in alternating
 worker processes, one alive at a time (run_torch_pair says why), so that both see the same
 machine in the same run (on a GPU machine both run on the GPU). A `:bfloat16` suffix
-on a variant computes in bfloat16 with float32 parameters.
+on a variant computes in bfloat16 with float32 parameters. On CPU the JAX workers keep XLA's
+step memory mapped as `python -m sapnet_jax.main` does (sapnet_jax/cpu_memory.py), unless
+`--no-reuse-memory`.
 """
 
 import argparse
@@ -74,13 +76,18 @@ def _timed(fn) -> float:
 
 
 def run_variant(loss: str, form: str, wgrad: str, n: int, patch: int, repeats: int,
-                dtype: str = "float32") -> dict:
+                dtype: str = "float32", reuse_memory: bool = True) -> dict:
   import jax
+  sys.path.insert(0, ROOT)
+  from sapnet_jax import cpu_memory
+  # What `python -m sapnet_jax.main` does (its --reuse_cpu_memory flag), before JAX starts.
+  reused = reuse_memory and cpu_memory.reuse_step_memory()
   step = _jax_step(loss, form, wgrad, n, patch, dtype)
   first = _timed(step)
   times = [_timed(step) for _ in range(repeats)]
   out = {"first_call_s": first, "median_s": float(np.median(times)), "times_s": times,
-         "peak_rss_mb": peak_rss_mb(), "device": jax.devices()[0].device_kind}
+         "peak_rss_mb": peak_rss_mb(), "device": jax.devices()[0].device_kind,
+         "reused_cpu_memory": bool(reused)}
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
@@ -121,13 +128,15 @@ def run_torch(n: int, patch: int, repeats: int) -> dict:
           "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
-def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int, rounds: int = 2) -> dict:
+def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int, rounds: int = 2,
+                   reuse_memory: bool = True) -> dict:
   """The official PyTorch step and the JAX loop step of `wgrad`, in alternating worker processes
   (torch, JAX, torch, JAX, ...; `repeats` steps each), one alive at a time: in one process, or
   with an idle PyTorch process beside it, JAX's step measured 30-50% slower."""
   times, rss, devices = {"torch": [], "jax": []}, {}, {}
   for _ in range(rounds):
-    for name, flags in (("torch", ["--torch-worker"]), ("jax", ["--only", f"ssim:loop:{wgrad}"])):
+    jax_flags = ["--only", f"ssim:loop:{wgrad}"] + ([] if reuse_memory else ["--no-reuse-memory"])
+    for name, flags in (("torch", ["--torch-worker"]), ("jax", jax_flags)):
       r = subprocess.run([sys.executable, __file__, "--batch", str(n), "--patch", str(patch),
                           "--repeats", str(repeats), *flags],
                          capture_output=True, text=True)
@@ -157,10 +166,13 @@ def main() -> None:
   p.add_argument("--only", help="internal: run one variant, loss:form:wgrad[:dtype]")
   p.add_argument("--torch-worker", action="store_true", help="internal: time the PyTorch step")
   p.add_argument("--rounds", type=int, default=2, help="--torch: alternations of the two workers")
+  p.add_argument("--no-reuse-memory", action="store_true",
+                 help="JAX variants without sapnet_jax.cpu_memory.reuse_step_memory()")
   a = p.parse_args()
   if a.only:
     loss, form, wgrad, *dtype = a.only.split(":")
-    print(json.dumps(run_variant(loss, form, wgrad, a.batch, a.patch, a.repeats, *dtype)))
+    print(json.dumps(run_variant(loss, form, wgrad, a.batch, a.patch, a.repeats, *dtype,
+                                 reuse_memory=not a.no_reuse_memory)))
     return
   if a.torch_worker:
     print(json.dumps(run_torch(a.batch, a.patch, a.repeats)))
@@ -173,7 +185,9 @@ def main() -> None:
 
   def sub(*flags):
     r = subprocess.run([sys.executable, __file__, "--batch", str(a.batch), "--patch", str(a.patch),
-                        "--repeats", str(a.repeats), *flags], capture_output=True, text=True)
+                        "--repeats", str(a.repeats), *flags,
+                        *(["--no-reuse-memory"] if a.no_reuse_memory else [])],
+                       capture_output=True, text=True)
     if r.returncode:
       return {"error": r.stderr.strip().splitlines()[-1]}
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -183,7 +197,8 @@ def main() -> None:
     print(v, json.dumps(out["variants"][v]), file=sys.stderr, flush=True)  # progress
   if a.torch:
     out[f"torch_vs_jax_loop_{a.torch_wgrad}"] = run_torch_pair(a.torch_wgrad, a.batch, a.patch,
-                                                               a.repeats, a.rounds)
+                                                               a.repeats, a.rounds,
+                                                               not a.no_reuse_memory)
   print(json.dumps(out))
 
 

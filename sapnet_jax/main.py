@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sapnet_jax import evaluate, train
+from sapnet_jax import cpu_memory, evaluate, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory of the experiment's checkpoints and reports.")
@@ -24,6 +24,9 @@ flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host GPU
                     "SLURM find it themselves).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host GPU).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host GPU).")
+flags.DEFINE_bool("reuse_cpu_memory", True, "Keep XLA:CPU's per-step memory mapped between "
+                  "steps instead of page-faulting it in every step (Linux with glibc; "
+                  "sapnet_jax/cpu_memory.py says what it costs).")
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:variant]).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -32,6 +35,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.reuse_cpu_memory:  # before JAX starts its CPU client, which reads the dispatch mode
+    logging.info("keeping XLA's CPU step memory mapped: %s", cpu_memory.reuse_step_memory())
   if FLAGS.multihost:
     jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   if jax.process_index() > 0:
