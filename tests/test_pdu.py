@@ -130,3 +130,16 @@ def test_scale_channels_and_stage_boundary_have_autodiff_gradients():
   # Both directions pass through a conditional, which XLA does not fuse across.
   assert str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(pdu.stage_boundary(x))))(x)).count(
       "cond[") == 2
+
+
+def test_bfloat16_compute_gives_float32_gradients_close_to_float32_ones():
+  # The custom VJPs (bias, attention scaling, boundaries) must hand back cotangents in the
+  # dtype of what they differentiate, and bfloat16 compute must still train.
+  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+  grads = {}
+  for dtype in ("float32", "bfloat16"):
+    model = pdu.PDUNet(dataclasses.replace(TINY, dtype=dtype), rngs=nnx.Rngs(0))
+    grads[dtype] = jax.tree.leaves(nnx.grad(lambda m: jnp.mean((m(x) - 0.5) ** 2))(model))
+  for a, b in zip(grads["float32"], grads["bfloat16"]):
+    assert b.dtype == jnp.float32
+    assert float(jnp.abs(a - b).max()) <= 0.1 * float(jnp.abs(a).max()) + 1e-6

@@ -138,11 +138,11 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def _add_bias_fwd(y, bias):
-  return y + bias, None
+  return y + bias, jnp.zeros((), bias.dtype)  # the bias's dtype, for its gradient
 
 
-def _add_bias_bwd(_, g):
-  return g, channel_sum(g)
+def _add_bias_bwd(bias_dtype, g):
+  return g, channel_sum(g).astype(bias_dtype.dtype)
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
