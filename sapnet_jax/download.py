@@ -11,16 +11,11 @@ import hashlib
 import os
 import urllib.request
 
-from sapnet_jax.fileio import atomic_write
+from sapnet_jax.fileio import atomic_write, cache_dir
 
 
 class DownloadError(OSError):
   """A weight file that could not be fetched or failed its hash check."""
-
-
-def cache_dir() -> str:
-  return os.environ.get("SAPNET_JAX_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "sapnet_jax")
 
 
 def sha256_of(path: str) -> str:
