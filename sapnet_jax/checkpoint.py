@@ -6,7 +6,10 @@ Two forms:
     directory itself is accepted too;
   * a single `.npz` file (flat "a/b/kernel" keys plus the config as JSON): the form shipped
     inside the package, readable without Orbax.
-Writes are atomic: Orbax commits finished steps only, and the .npz is renamed into place.
+Paths may be local or URIs (`gs://bucket/run/checkpoints`): everything goes through
+sapnet_jax.fileio and Orbax, which write to buckets themselves (tensorstore for arrays).
+Writes are atomic: Orbax commits finished steps only (a rename locally, a commit marker on
+buckets), and the .npz is renamed into place or uploaded as one object.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import models
+from sapnet_jax import fileio, metrics, models
 from sapnet_jax.fileio import atomic_write
 
 PARAMS, MODEL_CONFIG = "params", "model_config"
@@ -57,7 +60,7 @@ def save_model(model: nnx.Module, path: str | os.PathLike, step: int = 0) -> Non
       np.savez(f, **arrays)
     return
   import orbax.checkpoint as ocp  # deferred: Orbax adds ~1 s to start-up of npz-only users
-  with ocp.CheckpointManager(os.path.abspath(path)) as mngr:
+  with ocp.CheckpointManager(fileio.absolute(path)) as mngr:
     mngr.save(step, args=ocp.args.Composite(**{
         PARAMS: ocp.args.StandardSave(params_dict(model)),
         MODEL_CONFIG: ocp.args.JsonSave(config)}), force=True)
@@ -99,7 +102,7 @@ def unflatten(flat: dict[str, Any]) -> dict:
 
 def _load_npz(path: str, overrides: dict) -> nnx.Module:
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with fileio.open_read(path) as f, np.load(f, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
   except (OSError, ValueError) as e:
     raise CheckpointError(f"{path}: not a readable .npz weights file ({e})") from None
@@ -111,24 +114,25 @@ def _load_npz(path: str, overrides: dict) -> nnx.Module:
 
 def step_dir(path: str, step: int | None = None) -> str:
   """Resolves a CheckpointManager root to its latest (or given) step; a step dir stays as is."""
-  if os.path.isdir(os.path.join(path, PARAMS)):
+  path = os.fspath(path)
+  if fileio.is_dir(fileio.join(path, PARAMS)):
     return path
   steps = []
-  if os.path.isdir(path):
-    steps = sorted(int(d) for d in os.listdir(path)
-                   if d.isdigit() and os.path.isdir(os.path.join(path, d, PARAMS)))
+  if fileio.is_dir(path):
+    steps = sorted(int(d) for d in fileio.listdir(path)
+                   if d.isdigit() and fileio.is_dir(fileio.join(path, d, PARAMS)))
   if not steps:
     raise CheckpointError(f"{path}: no Orbax checkpoint with a '{PARAMS}' item found")
   if step is None:
-    return os.path.join(path, str(steps[-1]))
+    return fileio.join(path, str(steps[-1]))
   if step not in steps:
     raise CheckpointError(f"{path}: no checkpoint at step {step}; available steps: {steps}")
-  return os.path.join(path, str(step))
+  return fileio.join(path, str(step))
 
 
 def _load_orbax(path: str, overrides: dict) -> nnx.Module:
   import orbax.checkpoint as ocp  # deferred, see save_model
-  step = step_dir(os.path.abspath(path))
+  step = step_dir(fileio.absolute(path))
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   try:
     config = checkpointer.restore(
@@ -136,7 +140,11 @@ def _load_orbax(path: str, overrides: dict) -> nnx.Module:
   except (FileNotFoundError, ValueError, KeyError) as e:
     raise CheckpointError(f"{step}: cannot read '{MODEL_CONFIG}' ({e})") from None
   model = abstract_model(config, **overrides)
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, params_dict(model))
+  # Onto this process's first device, whatever topology saved it (a pod's run, 4 CPU devices):
+  # without a sharding Orbax restores only onto the saving topology.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                        params_dict(model))
   try:
     params = checkpointer.restore(
         step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
@@ -151,9 +159,9 @@ def load_model(path: str | os.PathLike, **overrides) -> nnx.Module:
   `overrides` replace config fields that do not change the weights (e.g. scan=True).
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise CheckpointError(f"{path}: no such file or directory")
-  if os.path.isdir(path):
+  if fileio.is_dir(path):
     return _load_orbax(path, overrides)
   return _load_npz(path, overrides)
 
@@ -190,28 +198,41 @@ class TrainCheckpoints:
   Each step holds the items `params` and `model_config` (so `load_model` reads it like any
   model checkpoint), `train_state` (step, optimizer state), `config` (the experiment config)
   and `data` (the input iterator's state, one file per process). Keeps the `keep` latest steps
-  plus the best by validation PSNR; saves are asynchronous where Orbax supports it and only
-  committed steps are ever read back.
+  plus the best by `val_metric` (higher or lower is better as sapnet_jax.metrics says for that
+  name); saves are asynchronous where Orbax supports it and only committed steps are ever read
+  back. Every JAX process must make the same calls (Orbax synchronises them).
   """
 
   TRAIN_STATE, CONFIG, DATA = "train_state", "config", "data"
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
-               compare: Callable[[dict], dict] = lambda model_config: model_config):
+               compare: Callable[[dict], dict] = lambda model_config: model_config,
+               val_metric: str = "psnr_rgb"):
     """`compare` maps a model config to the fields a resumed run must agree on."""
     import orbax.checkpoint as ocp  # deferred, see save_model
     from orbax.checkpoint import checkpoint_managers as policies
-    self._ocp, self._compare = ocp, compare
-    self.directory = os.path.abspath(directory)
+    self._ocp, self._compare, self.val_metric = ocp, compare, val_metric
+    sign = 1.0 if metrics.higher_is_better(val_metric) else -1.0  # BestN keeps the largest
+    self.directory = fileio.absolute(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save,
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=lambda m: m["val_psnr"], n=1,
+            policies.BestN(get_metric_fn=lambda m: sign * m[val_metric], n=1,
                            keep_checkpoints_without_metrics=False)])))
 
+  def best_step(self) -> int | None:
+    """The step with the best validation value among those on disk (None before any)."""
+    scored = {}
+    for step in self.manager.all_steps(read=True):
+      value = (self.manager.metrics(step) or {}).get(self.val_metric)
+      if value is not None:
+        scored[step] = value if metrics.higher_is_better(self.val_metric) else -value
+    return max(scored, key=scored.get) if scored else None
+
   def save(self, step: int, params: dict, train_state: Any, model_config: dict, config: dict,
-           data_iterator: Any = None, val_psnr: float | None = None) -> None:
+           data_iterator: Any = None, val: float | None = None) -> None:
+    """`val`: the step's validation value of `val_metric`, if it was validated."""
     ocp = self._ocp
     items = {PARAMS: ocp.args.StandardSave(params), self.TRAIN_STATE: ocp.args.StandardSave(train_state),
              MODEL_CONFIG: ocp.args.JsonSave(model_config), self.CONFIG: ocp.args.JsonSave(config)}
@@ -219,8 +240,8 @@ class TrainCheckpoints:
       import grain.checkpoint
       snapshot = _FrozenIteratorState(data_iterator, data_iterator.get_state())
       items[self.DATA] = grain.checkpoint.CheckpointSave(snapshot)
-    metrics = None if val_psnr is None else {"val_psnr": float(val_psnr)}
-    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    scores = None if val is None else {self.val_metric: float(val)}
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=scores, force=True)
 
   def restore_latest(self, params: dict, train_state: Any, model_config: dict,
                      data_iterator: Any = None) -> tuple[int, dict, Any] | None:

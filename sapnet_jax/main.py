@@ -46,7 +46,7 @@ def main(argv):
                jax.devices()[0].platform)
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
+  elif jax.process_index() == 0:  # scoring is one process's work; the others have none
     evaluate.evaluate_workdir(FLAGS.config, FLAGS.workdir)
 
 

@@ -5,6 +5,11 @@ One code path from 1 CPU to a TPU pod: the step is `jax.jit` with in/out shardin
 batch is split along it, and the state is donated. Each process feeds its own slice of the
 global batch (`jax.make_array_from_process_local_data`).
 
+Several processes (a pod, or `launch/local_multiprocess.sh` on one machine) run this same
+code: process 0 alone prepares datasets (the others wait at a barrier and fail with its error
+if it fails), writes logs and reports and runs validation (its numbers are broadcast, so every
+process sees the same value); every process takes part in each Orbax save and restore.
+
 A step whose loss terms or gradients are not finite leaves the state unchanged and records the
 step and the offending terms; the loop stops with a message naming them before anything else
 is saved, so the last checkpoint stays the last good state.
@@ -13,7 +18,6 @@ is saved, so the last checkpoint stays the last good state.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from typing import Any, Callable
@@ -24,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from sapnet_jax import (checkpoint, evaluate, infer, models, objectives, pretrained, summaries,
-                        xla_options)
+from sapnet_jax import (checkpoint, evaluate, fileio, infer, metrics, models, objectives,
+                        pretrained, summaries, xla_options)
 from sapnet_jax.data import imageio
 
 GRAD_TERM = "gradients"
@@ -127,8 +132,8 @@ class Trainer:
         bad_step=jnp.where(first_bad, state.step, state.bad_step),
         bad_terms=jnp.where(first_bad, jnp.sum(bad * 2 ** jnp.arange(bad.shape[0])), state.bad_terms
                             ).astype(jnp.int32))
-    metrics = {**terms, "total": total, "grad_norm": grad_norm, "lr": self.lr(state.step)}
-    return new_state, metrics
+    step_metrics = {**terms, "total": total, "grad_norm": grad_norm, "lr": self.lr(state.step)}
+    return new_state, step_metrics
 
   def __call__(self, state: TrainState, batch: dict, frozen: Any) -> tuple[TrainState, dict]:
     """The jitted step; `batch` holds global arrays sharded along "data"."""
@@ -206,48 +211,92 @@ class Validator:
     self.metric = config.train.val_metric
 
   def __call__(self, step: int, params: Any, writer: summaries.Writer) -> float:
-    """Scores `params` on config.eval.sets; returns the mean `train.val_metric` of the first
-    set that reports it."""
-    value = np.float32(np.nan)
+    """Scores `params` on config.eval.sets on process 0; returns, on every process, the mean
+    `train.val_metric` of the first set that reports it."""
+    value, error = np.nan, None
     if jax.process_index() == 0:
-      self.derainer.update(_host_params(params))
-      data_dir = self.config.data.get("data_dir")
-      results = evaluate.evaluate_sets(
-          self.derainer, self.config.eval, os.path.join(self.workdir, "eval", f"step_{step}"),
-          {"step": step}, data_dir, progress=False)
-      for name, summary in results.items():
-        writer.scalars(step, summary["means"], prefix=f"val/{name}")
-        grid = os.path.join(self.workdir, "eval", f"step_{step}", name, "grid.png")
-        if os.path.exists(grid):
-          writer.image(step, f"val/{name}", imageio.to_uint8(imageio.read_image(grid)))
-      # Sets without references (real rain) score NIQE/BRISQUE only: the first set (in the
-      # config's sorted order) that reports the metric picks the best checkpoint.
-      scored = [r["means"][self.metric] for r in results.values() if self.metric in r["means"]]
-      if not scored:
-        raise ValueError(f"train.val_metric={self.metric!r} is reported by none of "
-                         f"config.eval.sets ({', '.join(results)})")
-      value = np.float32(scored[0])
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      value = multihost_utils.broadcast_one_to_all(value)
+      try:
+        value = self._score(step, params, writer)
+      except Exception as e:  # noqa: BLE001 - the other processes are told before it is raised
+        error = e
+    if jax.process_count() > 1:  # also keeps the processes in step
+      value, failed = np.asarray(multihost_utils.broadcast_one_to_all(
+          np.array([value, error is not None], np.float32)))
+      if failed and error is None:
+        raise RuntimeError(f"validation at step {step} failed on process 0 (its log says why)")
+    if error is not None:
+      raise error
     return float(value)
+
+  def _score(self, step: int, params: Any, writer: summaries.Writer) -> float:
+    self.derainer.update(_host_params(params))
+    data_dir = self.config.data.get("data_dir")
+    out = fileio.join(self.workdir, "eval", f"step_{step}")
+    results = evaluate.evaluate_sets(self.derainer, self.config.eval, out, {"step": step},
+                                     data_dir, progress=False)
+    for name, summary in results.items():
+      writer.scalars(step, summary["means"], prefix=f"val/{name}")
+      grid = fileio.join(out, name, "grid.png")
+      if fileio.exists(grid):
+        writer.image(step, f"val/{name}", imageio.to_uint8(imageio.read_image(grid)))
+    # Sets without references (real rain) score NIQE/BRISQUE only: the first set (in the
+    # config's sorted order) that reports the metric picks the best checkpoint.
+    scored = [r["means"][self.metric] for r in results.values() if self.metric in r["means"]]
+    if not scored:
+      raise ValueError(f"train.val_metric={self.metric!r} is reported by none of "
+                       f"config.eval.sets ({', '.join(results)})")
+    return float(np.float32(scored[0]))
+
+
+class PreparationError(RuntimeError):
+  """Process 0 could not build a dataset (raised on the other processes)."""
+
+
+_MESSAGE_BYTES = 4096
+
+
+def _broadcast_text(text: str) -> str:
+  """Process 0's `text` on every process; also a barrier that every process must reach."""
+  data = np.zeros(_MESSAGE_BYTES, np.uint8)
+  encoded = np.frombuffer(text.encode()[:_MESSAGE_BYTES], np.uint8)
+  data[:len(encoded)] = encoded
+  data = np.asarray(multihost_utils.broadcast_one_to_all(data))
+  return bytes(data[data > 0]).decode(errors="replace")
 
 
 def _prepare_datasets(data: Any) -> None:
-  """Builds the training (and unlabelled real) datasets unless built; idempotent."""
+  """Builds the training (and unlabelled real) datasets unless built, on process 0; the
+  other processes wait for it and raise PreparationError with its message if it failed."""
   from sapnet_jax.data import prepare  # deferred: see steps_per_epoch
-  prepare.build(data.dataset, data_dir=data.get("data_dir"), manual_dir=data.get("manual_dir"))
-  if data.get("real_dataset"):
-    prepare.build(data.real_dataset, data_dir=data.get("data_dir"),
-                  manual_dir=data.get("real_manual_dir"))
+  error = None
+  if jax.process_index() == 0:
+    try:
+      prepare.build(data.dataset, data_dir=data.get("data_dir"),
+                    manual_dir=data.get("manual_dir"))
+      if data.get("real_dataset"):
+        prepare.build(data.real_dataset, data_dir=data.get("data_dir"),
+                      manual_dir=data.get("real_manual_dir"))
+    except Exception as e:  # noqa: BLE001 - told to every process, then raised here
+      error = e
+  if jax.process_count() > 1:
+    message = _broadcast_text("" if error is None else f"{type(error).__name__}: {error}")
+    if message and jax.process_index() > 0:
+      raise PreparationError(f"dataset preparation (config.data.prepare) failed on process 0: "
+                             f"{message}")
+  if error is not None:
+    raise error
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest readable checkpoint; returns the
   last logged metrics (and the last validation result under "val")."""
   from sapnet_jax.data import pipeline  # deferred: see steps_per_epoch
-  os.makedirs(workdir, exist_ok=True)
-  if config.data.get("prepare", False) and jax.process_index() == 0:
+  try:  # the best checkpoint follows its direction: an unknown name fails now, not at a save
+    metrics.higher_is_better(config.train.val_metric)
+  except ValueError as e:
+    raise ValueError(f"train.val_metric: {e}") from None
+  fileio.makedirs(workdir)
+  if config.data.get("prepare", False):
     _prepare_datasets(config.data)
   model = initial_model(config)
   model_config = models.config_to_dict(model.cfg)
@@ -259,10 +308,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   trainer = Trainer(graphdef, config.optim, loss_fn, per_epoch)
   state = trainer.init_state(params)
   data = pipeline.make_train_iterator(config.data, seed=config.data.seed)
-  ckpts = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"),
+  ckpts = checkpoint.TrainCheckpoints(fileio.join(workdir, "checkpoints"),
                                       keep=config.train.keep_checkpoints,
                                       async_save=config.train.async_checkpoints,
-                                      compare=_architecture)
+                                      compare=_architecture, val_metric=config.train.val_metric)
   restored = ckpts.restore_latest(state.params, state.replace(params=None), model_config, data)
   if restored is not None:
     step, params, rest = restored
@@ -279,23 +328,24 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     ckpts.save(step, state.params, state.replace(params=None), model_config,
                config.to_dict(), data, val)
 
-  bar = tqdm(total=last, initial=start, unit="step", disable=None, file=sys.stderr,
-             dynamic_ncols=True)
+  bar = tqdm(total=last, initial=start, unit="step", file=sys.stderr, dynamic_ncols=True,
+             disable=None if jax.process_index() == 0 else True)
   t0, images, last_log = time.perf_counter(), 0, start
   try:
     for step in range(start + 1, last + 1):
-      state, metrics = trainer(state, trainer.global_batch(next(data)), frozen)
+      state, step_metrics = trainer(state, trainer.global_batch(next(data)), frozen)
       images += config.data.global_batch_size
       bar.update(1)
       val = None
       if step % tr.log_every == 0 or step == last:
         trainer.check_finite(state)
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         dt = time.perf_counter() - t0
         rates = {"steps/s": (step - last_log) / dt, "images/s": images / dt}
         writer.scalars(step, {**values, **rates})
         line = summaries.console_line(step, last, (step - 1) // per_epoch, values, rates)
-        tqdm.write(line, file=sys.stderr)
+        if jax.process_index() == 0:
+          tqdm.write(line, file=sys.stderr)
         result = {**values, **rates}
         t0, images, last_log = time.perf_counter(), 0, step
       if step == last or (tr.eval_every and step % tr.eval_every == 0):

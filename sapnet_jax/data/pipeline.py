@@ -136,7 +136,8 @@ class Source:
       b = prepare.builder(self.spec.name, self.spec.data_dir)
       if not b.is_prepared():
         raise ValueError(
-            f"dataset {self.spec.name!r} is not built in {b.data_dir_root}: run python -m "
+            f"dataset {self.spec.name!r} is not built in {self.spec.data_dir or b.data_dir_root}"
+            ": run python -m "
             f"sapnet_jax.data.prepare --dataset {self.spec.name} --manual_dir DIR"
             + (f" --data_dir {self.spec.data_dir}" if self.spec.data_dir else ""))
       if self.spec.split not in b.info.splits:
