@@ -212,23 +212,26 @@ class TrainCheckpoints:
     import orbax.checkpoint as ocp  # deferred, see save_model
     from orbax.checkpoint import checkpoint_managers as policies
     self._ocp, self._compare, self.val_metric = ocp, compare, val_metric
-    sign = 1.0 if metrics.higher_is_better(val_metric) else -1.0  # BestN keeps the largest
+    mode = "max" if metrics.higher_is_better(val_metric) else "min"
     self.directory = fileio.absolute(directory)
+
+    def score(step_metrics: dict) -> float:
+      return step_metrics[val_metric]
+
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save,
+        # best_fn makes Orbax write each step's metrics, so the best survives a restart; the
+        # policy (which overrides best_fn's own deletion) keeps the latest `keep` plus it.
+        best_fn=score, best_mode=mode,
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=lambda m: sign * m[val_metric], n=1,
+            policies.BestN(get_metric_fn=score, reverse=mode == "min", n=1,
                            keep_checkpoints_without_metrics=False)])))
 
   def best_step(self) -> int | None:
     """The step with the best validation value among those on disk (None before any)."""
-    scored = {}
-    for step in self.manager.all_steps(read=True):
-      value = (self.manager.metrics(step) or {}).get(self.val_metric)
-      if value is not None:
-        scored[step] = value if metrics.higher_is_better(self.val_metric) else -value
-    return max(scored, key=scored.get) if scored else None
+    return self.manager.best_step() if any(
+        self.manager.metrics(s) for s in self.manager.all_steps()) else None
 
   def save(self, step: int, params: dict, train_state: Any, model_config: dict, config: dict,
            data_iterator: Any = None, val: float | None = None) -> None:

@@ -172,3 +172,37 @@ def test_validation_needs_a_set_that_reports_the_metric(tmp_path):
   validator = train.Validator(config, graphdef, params, str(tmp_path / "work"))
   with pytest.raises(ValueError, match=r"val_metric='psnr_rgb' is reported by none of .*real_rainy"):
     validator(1, params, summaries.Writer(str(tmp_path), enabled=False))
+
+
+@pytest.mark.parametrize("metric,kept", [("niqe", [2, 4]), ("brisque", [2, 4]),
+                                         ("psnr_rgb", [3, 4])])
+def test_best_checkpoint_follows_the_direction_of_val_metric(data_dir, tmp_path, monkeypatch,
+                                                             metric, kept):
+  """Validation values 5, 3, 5.5, 4 at steps 1-4, one latest checkpoint kept plus the best:
+  the lowest (step 2) for NIQE/BRISQUE, the highest (step 3) for PSNR; a resumed run with
+  worse values keeps that best."""
+  values = {1: 5.0, 2: 3.0, 3: 5.5, 4: 4.0, 5: 4.5, 6: 4.2}
+  monkeypatch.setattr(train.Validator, "_score", lambda self, step, params, writer: values[step])
+  work = str(tmp_path)
+  train.train_and_evaluate(_config(data_dir, **{
+      "train.num_steps": 4, "train.eval_every": 1, "train.save_every": 1,
+      "train.keep_checkpoints": 1, "train.val_metric": metric,
+      "train.async_checkpoints": False}), work)
+  saved = sorted(int(s) for s in os.listdir(os.path.join(work, "checkpoints")) if s.isdigit())
+  assert saved == kept
+  ckpts = checkpoint.TrainCheckpoints(os.path.join(work, "checkpoints"), val_metric=metric)
+  assert ckpts.best_step() == kept[0]
+  ckpts.close()
+  train.train_and_evaluate(_config(data_dir, **{
+      "train.num_steps": 6, "train.eval_every": 1, "train.save_every": 1,
+      "train.keep_checkpoints": 1, "train.val_metric": metric,
+      "train.async_checkpoints": False}), work)
+  saved = sorted(int(s) for s in os.listdir(os.path.join(work, "checkpoints")) if s.isdigit())
+  assert saved == [kept[0], 6]
+
+
+def test_unknown_val_metric_fails_before_training(data_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"train.val_metric: 'sharpness': unknown metric direction"):
+    train.train_and_evaluate(_config(data_dir, **{"train.val_metric": "sharpness"}),
+                             str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
