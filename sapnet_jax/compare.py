@@ -7,6 +7,7 @@ Each model is scored by sapnet_jax.evaluate (NIQE/BRISQUE without --clean, the f
 conventions with it) into OUT/<label>/metrics.{json,csv} with its de-rained images in
 OUT/<label>/outputs/. OUT/comparison.json and OUT/comparison.md hold every model's means;
 OUT/grid.png has one row per shown image: rainy | each model | clean (if given), labelled.
+The folders, OUT and the weights may be URIs (gs://bucket/...).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sapnet_jax import evaluate, infer, pretrained
+from sapnet_jax import evaluate, fileio, infer, pretrained
 from sapnet_jax.data import imageio
 from sapnet_jax.fileio import atomic_write
 
@@ -31,7 +32,10 @@ def parse_model(spec: str) -> tuple[str, str]:
   """`LABEL=NAME|PATH` (or a bare name, which is then its own label)."""
   label, sep, weights = spec.partition("=")
   if not sep:
-    label, weights = os.path.basename(os.path.normpath(spec)), spec
+    # normpath would turn gs://b/x into gs:/b/x; a URI only loses its trailing slashes.
+    label = fileio.basename(spec) if fileio.is_remote(spec) else \
+        os.path.basename(os.path.normpath(spec))
+    weights = spec
   if not label or not weights or os.sep in label:
     raise ValueError(f"--model {spec!r}: expected LABEL=NAME|PATH with a plain label")
   return label, weights
@@ -73,26 +77,26 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
     raise ValueError(f"--model labels must differ: {labels}")
   loaders, problems = evaluate.folder_samples(rainy_dir, clean_dir)
   evaluate.check_problems(problems, skip_bad=False)
-  names = list(images) or sorted(os.path.basename(p) for p in imageio.list_images(rainy_dir))[:count]
+  names = list(images) or sorted(fileio.basename(p) for p in imageio.list_images(rainy_dir))[:count]
   means, thumbs = {}, {}
   for label, weights in models:
     grid = evaluate.GridCollector(len(names), names)
     derainer = infer.Derainer(pretrained.load(weights))
-    reports = evaluate.Reports(os.path.join(out, label, "metrics.json"),
-                               os.path.join(out, label, "metrics.csv"),
+    reports = evaluate.Reports(fileio.join(out, label, "metrics.json"),
+                               fileio.join(out, label, "metrics.csv"),
                                {"model": label, "weights": weights, "rainy": rainy_dir,
                                 "clean": clean_dir, "quantize": "round", "crop_border": 0})
     summary = evaluate.score_samples(derainer, loaders, reports, tile=tile, overlap=overlap,
-                                     outputs_dir=os.path.join(out, label, "outputs"),
+                                     outputs_dir=fileio.join(out, label, "outputs"),
                                      grid=grid, progress=progress)
     means[label], thumbs[label] = summary["means"], grid.thumbnails()
     print(f"[{label}] {weights}\n{evaluate.format_table(summary)}")
-  with atomic_write(os.path.join(out, "comparison.json")) as f:
+  with atomic_write(fileio.join(out, "comparison.json")) as f:
     f.write(json.dumps({"rainy": rainy_dir, "clean": clean_dir,
                         "models": dict(models), "means": means,
                         "conventions": {k: evaluate.CONVENTIONS[k] for k in next(iter(means.values()))}},
                        indent=1).encode())
-  with atomic_write(os.path.join(out, "comparison.md")) as f:
+  with atomic_write(fileio.join(out, "comparison.md")) as f:
     f.write(markdown_table(means).encode())
   # Each model's collector holds rainy | its output [| clean]: take the inputs from the first.
   first = thumbs[labels[0]]
@@ -100,7 +104,7 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
   if missing:
     raise ValueError(f"--images: not among the scored images of {rainy_dir}: {', '.join(missing)}")
   rows = [[first[n][0], *(thumbs[label][n][1] for label in labels), *first[n][2:]] for n in names]
-  imageio.write_png(os.path.join(out, "grid.png"),
+  imageio.write_png(fileio.join(out, "grid.png"),
                     comparison_grid(rows, ["rainy", *labels, *(["clean"] if clean_dir else [])]))
   return means
 

@@ -12,7 +12,8 @@ HWIO), which `config.loss.*_weights` can name; those fields also accept the orig
     python -m sapnet_jax.convert --download vgg16 --out vgg16.npz   # fetched, SHA-256 checked
 
 Every tensor of the source must be used and every shape must match; otherwise the error names
-the key. `sapnet_jax.pth` reads .pth/.bin and .safetensors files.
+the key. `sapnet_jax.pth` reads .pth/.bin and .safetensors files. SRC and --out may be URIs
+(gs://bucket/...).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import checkpoint, download
+from sapnet_jax import checkpoint, download, fileio
 from sapnet_jax.fileio import atomic_write
 from sapnet_jax.models import pdu, vgg
 from sapnet_jax.pth import PthError, load_safetensors, load_state_dict
@@ -192,7 +193,8 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
   path = str(path)
   if path.endswith(".npz"):
     try:
-      with np.load(path, allow_pickle=False) as z:
+      # np.load takes a file object, so a URI is read like a local file.
+      with fileio.open_read(path) as f, np.load(f, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
       raise ConversionError(f"{path}: not a readable .npz file ({e})") from None

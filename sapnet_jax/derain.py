@@ -1,6 +1,7 @@
 """De-rain image files: python -m sapnet_jax.derain INPUT [INPUT ...] --out OUT_DIR.
 
-Each INPUT is an image file or a folder (its image files, not recursive). Every result is
+Each INPUT is an image file or a folder (its image files, not recursive); inputs and OUT_DIR
+may be local paths or URIs (gs://bucket/folder). Every result is
 written as OUT_DIR/<stem>.png (8-bit RGB, clamped and rounded). A file that cannot be read is
 reported on one line naming it; the others are still processed and the exit status is 1.
 """
@@ -14,7 +15,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from sapnet_jax import infer, pretrained
+from sapnet_jax import fileio, infer, pretrained
 from sapnet_jax.data import imageio
 
 
@@ -22,9 +23,9 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
   """Expands folders into their image files; returns (files, errors for missing inputs)."""
   files, errors = [], []
   for item in inputs:
-    if os.path.isdir(item):
+    if fileio.is_dir(item):
       files.extend(imageio.list_images(item))
-    elif os.path.exists(item):
+    elif fileio.exists(item):
       files.append(item)
     else:
       errors.append(f"{item}: no such file or directory")
@@ -35,8 +36,8 @@ def output_paths(files: Sequence[str], out_dir: str) -> dict[str, str]:
   """Maps each input to OUT_DIR/<stem>.png; raises ValueError if two inputs share a stem."""
   outputs, owner = {}, {}
   for path in files:
-    out = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-    if out in owner and os.path.abspath(owner[out]) != os.path.abspath(path):
+    out = fileio.join(out_dir, os.path.splitext(fileio.basename(path))[0] + ".png")
+    if out in owner and fileio.absolute(owner[out]) != fileio.absolute(path):
       raise ValueError(f"{owner[out]} and {path} would both be written to {out}; "
                        "rename one or de-rain them into different --out folders")
     owner[out] = path

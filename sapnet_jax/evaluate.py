@@ -7,7 +7,8 @@ With --clean every image gets the six full-reference numbers of sapnet_jax.metri
 names its convention); without it, NIQE and BRISQUE of the input and of the output. Outputs are
 quantized as saved images are (default: rounded to 8 bits, as `derain` writes them; `--quantize
 floor` reproduces the official test.py, which truncates). Reports are rewritten atomically after
-every image, so an interrupted run keeps every row scored so far.
+every image, so an interrupted run keeps every row scored so far. Folders and outputs may be
+local paths or URIs (gs://bucket/...).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sapnet_jax import checkpoint, infer, metrics, pretrained
+from sapnet_jax import checkpoint, fileio, infer, metrics, pretrained
 from sapnet_jax.data import imageio, pairs
 from sapnet_jax.fileio import atomic_write
 
@@ -73,7 +74,7 @@ def quantize(image: np.ndarray, mode: str) -> np.ndarray:
 def folder_samples(rainy_dir: str, clean_dir: str | None) -> tuple[list[Callable[[], Sample]], list[str]]:
   """Lazy loaders of the samples of two folders, and the problems found while pairing them."""
   if clean_dir is None:
-    return [(lambda p=p: Sample(os.path.basename(p), imageio.read_image(p), None))
+    return [(lambda p=p: Sample(fileio.basename(p), imageio.read_image(p), None))
             for p in imageio.list_images(rainy_dir)], []
   pairing = pairs.pair_folders(rainy_dir, clean_dir)
   problems = [f"{p}: no clean counterpart in {clean_dir}" for p in pairing.rainy_only]
@@ -84,7 +85,7 @@ def folder_samples(rainy_dir: str, clean_dir: str | None) -> tuple[list[Callable
     if rainy.shape != clean.shape:
       raise PairError(f"{rainy_path} is {rainy.shape[1]}x{rainy.shape[0]} but {clean_path} is "
                       f"{clean.shape[1]}x{clean.shape[0]}")
-    return Sample(os.path.basename(rainy_path), rainy, clean)
+    return Sample(fileio.basename(rainy_path), rainy, clean)
 
   return [(lambda r=r, c=c: load(r, c)) for r, c in pairing.pairs], problems
 
@@ -186,7 +187,7 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
         continue
       out = quantize(derainer(sample.rainy, tile=tile, overlap=overlap), quantize_mode)
       if outputs_dir:
-        imageio.write_png(os.path.join(outputs_dir, os.path.splitext(sample.name)[0] + ".png"), out)
+        imageio.write_png(fileio.join(outputs_dir, os.path.splitext(sample.name)[0] + ".png"), out)
       if sample.clean is not None:
         row = metrics.score_pair(out, sample.clean, border)
         badness = -row["psnr_rgb"]
@@ -267,8 +268,8 @@ def evaluate_sets(derainer: Callable, ev, out_root: str, meta: dict, data_dir: s
   for name, spec in ev.sets.items():
     loaders, problems, set_meta = set_samples(name, spec, data_dir)
     check_problems(problems, ev.skip_bad)
-    out = os.path.join(out_root, name)
-    reports = Reports(os.path.join(out, "metrics.json"), os.path.join(out, "metrics.csv"),
+    out = fileio.join(out_root, name)
+    reports = Reports(fileio.join(out, "metrics.json"), fileio.join(out, "metrics.csv"),
                       {**meta, **set_meta, "quantize": ev.quantize, "crop_border": ev.crop_border})
     reports.skipped.extend(problems)
     grid = GridCollector(ev.grid_count)
@@ -278,7 +279,7 @@ def evaluate_sets(derainer: Callable, ev, out_root: str, meta: dict, data_dir: s
                                     border=ev.crop_border, skip_bad=ev.skip_bad, grid=grid,
                                     progress=progress)
     finally:
-      grid.write(os.path.join(out, "grid.png"))
+      grid.write(fileio.join(out, "grid.png"))
   return results
 
 
@@ -287,11 +288,11 @@ def evaluate_workdir(config, workdir: str) -> dict[str, dict]:
   set of `config.eval.sets`; writes WORKDIR/eval/step_<N>/<set>/metrics.{json,csv} and grid.png.
   """
   ev = config.eval
-  path = checkpoint.step_dir(os.path.join(workdir, "checkpoints"), None if ev.step < 0 else ev.step)
-  step = os.path.basename(path)
+  path = checkpoint.step_dir(fileio.join(workdir, "checkpoints"), None if ev.step < 0 else ev.step)
+  step = fileio.basename(path)
   model = checkpoint.load_model(path, **eval_overrides(config.model))
   data_dir = config.data.get("data_dir") if "data" in config else None
-  results = evaluate_sets(infer.Derainer(model), ev, os.path.join(workdir, "eval", f"step_{step}"),
+  results = evaluate_sets(infer.Derainer(model), ev, fileio.join(workdir, "eval", f"step_{step}"),
                           {"checkpoint": path, "step": int(step)}, data_dir)
   for name, summary in results.items():
     print(f"[{name}] step {step}\n{format_table(summary)}")

@@ -26,9 +26,16 @@ import shutil
 import tempfile
 from typing import BinaryIO, Iterator
 
+import fsspec
 from etils import epath
 
 PathLike = str | os.PathLike
+
+# Buckets are also written by other processes and hosts (a pod's others, a resumed run):
+# gcsfs caches folder listings forever by default, which would hide their new objects (a
+# checkpoint step saved by another process, measured). A user's own fsspec setting wins.
+for _protocol in ("gs", "gcs"):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 
 def is_remote(path: PathLike) -> bool:

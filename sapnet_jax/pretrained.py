@@ -4,6 +4,7 @@
     model = sapnet_jax.pretrained.load("prenet-rain100h")      # fetched once, SHA-256 checked
     model = sapnet_jax.pretrained.load("path/to/net_latest.pth")  # architecture from its keys
     model = sapnet_jax.pretrained.load("path/to/orbax_dir")     # converter or training output
+    model = sapnet_jax.pretrained.load("gs://bucket/w.npz")     # any path may be a URI
 
 Shipped: the official SAPNet weights trained on Rain100H, converted (MIT licence, copyright
 ShenZheng2000; see weights/LICENSE-SAPNet.txt). The official PReNet repository has no licence,
@@ -17,7 +18,7 @@ import os
 
 from flax import nnx
 
-from sapnet_jax import checkpoint, convert, download
+from sapnet_jax import checkpoint, convert, download, fileio
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 DEFAULT = "sapnet-rain100h"
@@ -52,10 +53,11 @@ class UnknownWeightsError(ValueError):
 
 
 def resolve(name_or_path: str) -> str:
-  """Returns the local file or directory behind a registered name or a path."""
+  """Returns the file or directory behind a registered name or a path (a URI that exists is
+  returned as it is)."""
   entry = REGISTRY.get(name_or_path)
   if entry is None:
-    if os.path.exists(name_or_path):
+    if fileio.exists(name_or_path):
       return name_or_path
     raise UnknownWeightsError(
         f"{name_or_path!r} is neither a registered weights name ({', '.join(REGISTRY)}) nor an "

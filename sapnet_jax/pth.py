@@ -9,7 +9,8 @@ Two on-disk formats exist:
 In both, a tensor is `_rebuild_tensor_v2(storage, offset, size, stride, ...)`.
 
 Unpickling is restricted to the few globals a state_dict needs, so a crafted file cannot run
-code (which `torch.load` without `weights_only` would allow).
+code (which `torch.load` without `weights_only` would allow). Files are opened through
+`sapnet_jax.fileio`, so a path may be a URI (gs://bucket/net.pth).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import zipfile
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from sapnet_jax import fileio
 
 _DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
@@ -111,8 +114,8 @@ class _Unpickler(pickle.Unpickler):
     return self._load_storage(*pid[1:])
 
 
-def _read_zip(path: str) -> Any:
-  with zipfile.ZipFile(path) as zf:
+def _read_zip(file: BinaryIO) -> Any:
+  with zipfile.ZipFile(file) as zf:
     pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkls) != 1:
       raise PthError("zip checkpoint without a single data.pkl")
@@ -171,11 +174,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """
   path = os.fspath(path)
   try:
-    if zipfile.is_zipfile(path):
-      obj = _read_zip(path)
-    else:
-      with open(path, "rb") as f:
-        obj = _read_legacy(f)
+    with fileio.open_read(path) as f:
+      is_zip = zipfile.is_zipfile(f)
+      f.seek(0)  # is_zipfile leaves the file at its end
+      obj = _read_zip(f) if is_zip else _read_legacy(f)
   except PthError as e:
     raise PthError(f"{path}: {e}") from None
   except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as e:
@@ -210,7 +212,7 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   import json
   path = os.fspath(path)
   try:
-    with open(path, "rb") as f:
+    with fileio.open_read(path) as f:
       (n,) = struct.unpack("<Q", f.read(8))
       header = json.loads(f.read(n))
       data = f.read()

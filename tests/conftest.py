@@ -1,6 +1,8 @@
 """Shared test helpers: where ../shared is, and skipping cleanly when it is absent."""
 
 import os
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,11 @@ def gcs_server():
     server.start()  # sets STORAGE_EMULATOR_HOST
   except Exception as e:  # noqa: BLE001 - any failure to start is a reason to skip
     pytest.skip(f"fake-gcs-server could not start on 127.0.0.1: {e}")
+  # The server logs every request to a stderr pipe the wrapper never reads: once its 64 KiB
+  # are full the server blocks mid-response. Drain it for the server's lifetime.
+  sink = open(os.devnull, "wb")  # pylint: disable=consider-using-with
+  threading.Thread(target=shutil.copyfileobj, args=(server._process.stderr, sink),
+                   name="fake-gcs-server-log", daemon=True).start()
   env = {"STORAGE_EMULATOR_HOST": server.url, "TENSORSTORE_GCS_HTTP_URL": server.url,
          # tensorstore and google-auth look for credentials; the emulator needs none.
          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "GOOGLE_CLOUD_PROJECT": "test",

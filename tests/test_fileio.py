@@ -59,3 +59,18 @@ def test_local_copy_mirrors_a_bucket_folder_once(gcs_bucket, tmp_path, monkeypat
   assert fileio.local_copy(remote) == local  # made once
   assert open(os.path.join(local, "a.bin"), "rb").read() == b"a"
   assert fileio.local_copy(str(src)) == str(src)  # local paths are used in place
+
+
+def test_objects_written_by_another_client_are_listed(gcs_server, gcs_bucket):
+  """Another process (a pod's other host, a resumed run) adds objects: a listing made before
+  must not hide them (gcsfs caches listings forever unless told not to)."""
+  import urllib.request
+  folder = fileio.join(gcs_bucket, "ckpt")
+  fileio.write_bytes(fileio.join(folder, "2", "x"), b"")
+  assert fileio.listdir(folder) == ["2"]
+  bucket = gcs_bucket[len("gs://"):]
+  req = urllib.request.Request(
+      f"{gcs_server.url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name=ckpt/4/x",
+      data=b"", method="POST")
+  urllib.request.urlopen(req, timeout=10).close()
+  assert fileio.listdir(folder) == ["2", "4"]

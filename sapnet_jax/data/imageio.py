@@ -2,18 +2,22 @@
 
 Reading gives RGB float32 in [0, 1] whatever the file holds: greyscale is replicated to three
 channels, alpha is dropped, palettes and CMYK are converted, EXIF orientation is applied,
-16-bit greyscale keeps its precision (Pillow decodes 16-bit colour PNGs to 8 bits).
+16-bit greyscale keeps its precision (Pillow decodes 16-bit colour PNGs to 8 bits). Paths may
+be local or URIs (gs://...): files are read and folders listed through `sapnet_jax.fileio`.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sapnet_jax import fileio
 from sapnet_jax.fileio import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -40,8 +44,10 @@ def image_names(folder: str | os.PathLike, recursive: bool = False) -> list[str]
   to it with `/` separators, in natural order; hidden files and folders skipped. A missing
   folder has none."""
   folder = os.fspath(folder)
-  found = []
-  if recursive:
+  if fileio.is_remote(folder):
+    found = _remote_image_names(folder, "", recursive)
+  elif recursive:
+    found = []
     for root, dirs, files in os.walk(folder):
       dirs[:] = sorted(d for d in dirs if not d.startswith("."))
       rel = os.path.relpath(root, folder)
@@ -51,15 +57,36 @@ def image_names(folder: str | os.PathLike, recursive: bool = False) -> list[str]
   elif os.path.isdir(folder):
     found = [f for f in os.listdir(folder) if not f.startswith(".") and is_image_name(f)
              and os.path.isfile(os.path.join(folder, f))]
+  else:
+    found = []
   return sorted(found, key=natural_key)
+
+
+def _remote_image_names(folder: str, prefix: str, recursive: bool) -> list[str]:
+  # Buckets have no os.walk; a missing prefix lists as nothing, like a missing local folder.
+  try:
+    entries = list(fileio.as_path(folder).iterdir())
+  except FileNotFoundError:
+    return []
+  found = []
+  for entry in entries:
+    if entry.name.startswith("."):
+      continue
+    if entry.is_dir():
+      if recursive:
+        found += _remote_image_names(fileio.join(folder, entry.name),
+                                     f"{prefix}{entry.name}/", recursive)
+    elif is_image_name(entry.name):
+      found.append(prefix + entry.name)
+  return found
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
   """Paths of the image files directly in `folder`, in natural order (see `image_names`)."""
   folder = os.fspath(folder)
-  if not os.path.isdir(folder):
+  if not fileio.is_dir(folder):
     raise FileNotFoundError(f"{folder}: no such folder")
-  return [os.path.join(folder, n) for n in image_names(folder)]
+  return [fileio.join(folder, n) for n in image_names(folder)]
 
 
 def _to_rgb_float(im: Image.Image) -> np.ndarray:
@@ -81,6 +108,17 @@ def _to_rgb_float(im: Image.Image) -> np.ndarray:
   return np.asarray(im, dtype=np.float32) / 255.0
 
 
+def _open(path: str) -> BinaryIO:
+  """The file's bytes, raising FileNotFoundError / IsADirectoryError for both kinds of path
+  (a bucket reads a "folder" as zero bytes instead of failing)."""
+  if not fileio.is_remote(path):
+    return open(path, "rb")
+  data = fileio.read_bytes(path)
+  if not data and fileio.is_dir(path):
+    raise IsADirectoryError(path)
+  return io.BytesIO(data)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """Returns the image at `path` as float32 (H, W, 3) in [0, 1], upright per its EXIF tag.
 
@@ -91,7 +129,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     with warnings.catch_warnings():
       # A truncated or oversized file must fail loudly, not decode partly.
       warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(path) as im:
+      with _open(path) as f, Image.open(f) as im:
         im.load()
         im = ImageOps.exif_transpose(im)
         rgb = _to_rgb_float(im)

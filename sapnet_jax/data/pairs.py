@@ -5,7 +5,7 @@ Two ways in, sharing the key, order and duplicate rules below:
 * `pair_folders(rainy_dir, clean_dir)`: two folders whose names pair by `pair_key`, a file's
   stem lower-cased without rain/clean markers (`rain-001.png` + `norain-001.png`,
   `001_rain.png` + `001_clean.png`, `a.jpg` + `a.png`). Lenient: files without a partner come
-  back as lists, for `evaluate` to report or skip.
+  back as lists, for `evaluate` to report or skip. The folders may be URIs (gs://...).
 * `Layout` / `find_pairs`: the folder layouts of the public de-raining archives, for the TFDS
   builders. Every archive lays a split out its own way (rainy and clean side by side with
   `rain-`/`norain-` prefixes, `rainy/` + `clean/` sub-folders with equal names, one clean image
@@ -16,6 +16,7 @@ Two ways in, sharing the key, order and duplicate rules below:
   benchmark: every image file in the folders a layout reads must match its name pattern, every
   rainy key must have a clean file and every clean file a rainy one, and no key may occur twice
   unless the layout allows many rainy images per clean one (Rain1400). Errors list the files.
+  These take local folders only: the builders walk unpacked archives with os calls.
 
 In both, purely numeric keys compare as numbers (`rain-1.png` pairs with `norain-001.png`) and
 pairs come in the natural order of the rainy names (2 before 10).
@@ -28,6 +29,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from sapnet_jax import fileio
 from sapnet_jax.data.imageio import image_names, is_image_name, natural_key
 
 _MAX_LISTED = 12
@@ -77,19 +79,19 @@ class Pairing:
 
 
 def _by_pair_key(folder: str, role: str) -> dict[str, str]:
-  if not os.path.isdir(folder):
+  if not fileio.is_dir(folder):
     raise FileNotFoundError(f"{folder}: no such folder")
   grouped = _group({n: _key(pair_key(n)) for n in image_names(folder)}, folder, role, True)
-  return {k: os.path.join(folder, v[0]) for k, v in grouped.items()}
+  return {k: fileio.join(folder, v[0]) for k, v in grouped.items()}
 
 
 def pair_folders(rainy_dir: str, clean_dir: str) -> Pairing:
-  """Matches the image files of two folders by `pair_key`."""
+  """Matches the image files of two folders (local or URIs) by `pair_key`."""
   rainy = _by_pair_key(rainy_dir, "rainy")
   clean = _by_pair_key(clean_dir, "clean")
 
   def ordered(paths: Iterable[str]) -> list[str]:
-    return sorted(paths, key=lambda p: natural_key(os.path.basename(p)))
+    return sorted(paths, key=lambda p: natural_key(fileio.basename(p)))
   by_rainy = {rainy[k]: clean[k] for k in rainy.keys() & clean.keys()}
   return Pairing([(r, by_rainy[r]) for r in ordered(by_rainy)],
                  ordered(rainy[k] for k in rainy.keys() - clean.keys()),
