@@ -40,7 +40,9 @@ run() {
 }
 
 if ((setup)); then
-  run "${ssh[@]}" --command "set -e; [ -d $dir ] || git clone $repo $dir; cd $dir && git fetch -q && git checkout -q $ref && python3 -m pip install -q -e '.[tpu]'"
+  # Fetch the requested ref itself and check out what was fetched (FETCH_HEAD): a plain
+  # `git checkout main` after `git fetch` stays on the old local branch.
+  run "${ssh[@]}" --command "set -e; [ -d $dir ] || git clone $repo $dir; cd $dir && git fetch -q origin $(printf '%q' "$ref") && git checkout -q --detach FETCH_HEAD && git log -1 --format='%H %s' && python3 -m pip install -q -e '.[tpu]'"
 fi
 # --multihost: jax.distributed.initialize() finds the coordinator and this host's index from
 # the TPU metadata; every host reads its own share of each batch.
