@@ -10,6 +10,13 @@ FIXTURES = REPO / "tests" / "fixtures"
 SHARED = Path(os.environ.get("SAPNET_SHARED", REPO.parent / "shared"))
 
 
+# The demo config (configs/demo.py) shrunk to train in seconds: the training-loop, bucket and
+# multi-process tests override it with these.
+TINY_DEMO = {"model.stages": 2, "model.channels": 8, "model.num_blocks": 1, "model.reduction": 4,
+             "data.patch_size": 32, "data.global_batch_size": 4, "train.log_every": 2,
+             "train.save_every": 2, "train.eval_every": 0, "eval.tile": 0}
+
+
 def shared_path(rel: str) -> Path:
   """Returns ../shared/<rel>, skipping the test with the reason when it is not there."""
   path = SHARED / rel

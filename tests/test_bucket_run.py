@@ -9,16 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_DEMO
 from sapnet_jax import checkpoint, fileio, summaries
-
-FLAGS = {"model.stages": 2, "model.channels": 8, "model.num_blocks": 1, "model.reduction": 4,
-         "data.patch_size": 32, "data.global_batch_size": 4, "train.log_every": 2,
-         "train.save_every": 2, "train.eval_every": 0, "eval.tile": 0}
 
 
 def _main(workdir, data_dir, cache, *extra, steps=4):
-  flags = {**FLAGS, "data.data_dir": data_dir, "train.num_steps": steps}
+  flags = {**TINY_DEMO, "data.data_dir": data_dir, "train.num_steps": steps}
   proc = subprocess.run(
       [sys.executable, "-m", "sapnet_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
        *(f"--config.{k}={v}" for k, v in flags.items()), *extra],
@@ -86,3 +82,15 @@ def test_missing_bucket_dataset_is_a_clear_error(gcs_bucket, tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu", "SAPNET_JAX_CACHE": str(tmp_path)})
   assert proc.returncode != 0
   assert f"dataset 'synthetic_rain/shipped' is not built in {gcs_bucket}/none" in proc.stderr
+
+
+def test_prepare_builds_into_a_bucket_once(gcs_bucket, tmp_path, monkeypatch, capsys):
+  from sapnet_jax.data import prepare
+  monkeypatch.setenv("SAPNET_JAX_CACHE", str(tmp_path))
+  data = f"{gcs_bucket}/tfds"
+  assert prepare.main(["--dataset", "synthetic_rain/shipped", "--data_dir", data]) == 0
+  assert "built in" in capsys.readouterr().out
+  remote = fileio.join(data, "synthetic_rain", "shipped", "1.2.0")
+  assert any(n.startswith("synthetic_rain-train.array_record") for n in fileio.listdir(remote))
+  assert prepare.main(["--dataset", "synthetic_rain/shipped", "--data_dir", data]) == 0
+  assert f"reused at {remote} (train: 48, validation: 3)" in capsys.readouterr().out

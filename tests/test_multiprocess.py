@@ -11,14 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_DEMO
 from sapnet_jax import checkpoint, summaries
 
 SCRIPT = str(REPO / "launch" / "local_multiprocess.sh")
 STEPS = 6
-FLAGS = {"model.stages": 2, "model.channels": 8, "model.num_blocks": 1, "model.reduction": 4,
-         "data.patch_size": 32, "data.global_batch_size": 8, "train.log_every": 2,
-         "train.save_every": 2, "train.eval_every": 0, "eval.tile": 0}
+FLAGS = {**TINY_DEMO, "data.global_batch_size": 8}
 
 
 def _flags(workdir, data_dir, **extra):

@@ -12,14 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_DEMO
 from sapnet_jax import checkpoint, evaluate, summaries, train
 from configs import demo
-
-OVERRIDES = {"model.stages": 2, "model.channels": 8, "model.num_blocks": 1,
-             "model.reduction": 4, "data.patch_size": 32, "data.global_batch_size": 4,
-             "train.log_every": 2, "train.save_every": 2, "train.eval_every": 0,
-             "eval.tile": 0}
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +27,14 @@ def data_dir(tmp_path_factory):
 
 def _config(data_dir, **extra):
   config = demo.get_config()
-  for key, value in {**OVERRIDES, "data.data_dir": data_dir, **extra}.items():
+  for key, value in {**TINY_DEMO, "data.data_dir": data_dir, **extra}.items():
     block, field = key.split(".")
     config[block][field] = value
   return config
 
 
 def _flags(data_dir, **extra):
-  return [f"--config.{k}={v}" for k, v in {**OVERRIDES, "data.data_dir": data_dir,
+  return [f"--config.{k}={v}" for k, v in {**TINY_DEMO, "data.data_dir": data_dir,
                                            **extra}.items()]
 
 

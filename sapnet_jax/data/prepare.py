@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   splits = ", ".join(f"{s}: {v.num_examples}" for s, v in sorted(b.info.splits.items()))
   verb = "reused" if reused else f"built in {time.perf_counter() - start:.1f} s"
-  print(f"{args.dataset}: {verb} at {b.data_dir} ({splits})")
+  where = (remote_path(b, args.data_dir) if args.data_dir and fileio.is_remote(args.data_dir)
+           else b.data_dir)
+  print(f"{args.dataset}: {verb} at {where} ({splits})")
   for path in stale_builds(b):
     print(f"note: {path} is left from an interrupted build and is never read; delete it to "
           "free the space", file=sys.stderr)
