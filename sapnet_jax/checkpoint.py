@@ -230,8 +230,7 @@ class TrainCheckpoints:
 
   def best_step(self) -> int | None:
     """The step with the best validation value among those on disk (None before any)."""
-    return self.manager.best_step() if any(
-        self.manager.metrics(s) for s in self.manager.all_steps()) else None
+    return self.manager.best_step()
 
   def save(self, step: int, params: dict, train_state: Any, model_config: dict, config: dict,
            data_iterator: Any = None, val: float | None = None) -> None:

@@ -102,10 +102,15 @@ def read_text(path: PathLike) -> str:
 
 
 def open_read(path: PathLike) -> BinaryIO:
-  """A binary file object for reading: the file itself, or the whole object in memory."""
-  if is_remote(path):
-    return io.BytesIO(read_bytes(path))
-  return open(os.fspath(path), "rb")
+  """A binary file object for reading: the file itself, or the whole object in memory.
+  Raises FileNotFoundError / IsADirectoryError for both kinds of path (a bucket reads a
+  "folder" as zero bytes instead of failing)."""
+  if not is_remote(path):
+    return open(os.fspath(path), "rb")
+  data = read_bytes(path)
+  if not data and is_dir(path):
+    raise IsADirectoryError(path)
+  return io.BytesIO(data)
 
 
 @contextlib.contextmanager

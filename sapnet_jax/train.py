@@ -213,20 +213,7 @@ class Validator:
   def __call__(self, step: int, params: Any, writer: summaries.Writer) -> float:
     """Scores `params` on config.eval.sets on process 0; returns, on every process, the mean
     `train.val_metric` of the first set that reports it."""
-    value, error = np.nan, None
-    if jax.process_index() == 0:
-      try:
-        value = self._score(step, params, writer)
-      except Exception as e:  # noqa: BLE001 - the other processes are told before it is raised
-        error = e
-    if jax.process_count() > 1:  # also keeps the processes in step
-      value, failed = np.asarray(multihost_utils.broadcast_one_to_all(
-          np.array([value, error is not None], np.float32)))
-      if failed and error is None:
-        raise RuntimeError(f"validation at step {step} failed on process 0 (its log says why)")
-    if error is not None:
-      raise error
-    return float(value)
+    return on_process_0(lambda: self._score(step, params, writer), f"validation at step {step}")
 
   def _score(self, step: int, params: Any, writer: summaries.Writer) -> float:
     self.derainer.update(_host_params(params))
@@ -248,15 +235,15 @@ class Validator:
     return float(np.float32(scored[0]))
 
 
-class PreparationError(RuntimeError):
-  """Process 0 could not build a dataset (raised on the other processes)."""
+class ProcessZeroError(RuntimeError):
+  """What process 0 was doing for every process failed (raised on the other processes)."""
 
 
 _MESSAGE_BYTES = 4096
 
 
 def _broadcast_text(text: str) -> str:
-  """Process 0's `text` on every process; also a barrier that every process must reach."""
+  """Process 0's `text` on every process."""
   data = np.zeros(_MESSAGE_BYTES, np.uint8)
   encoded = np.frombuffer(text.encode()[:_MESSAGE_BYTES], np.uint8)
   data[:len(encoded)] = encoded
@@ -264,27 +251,40 @@ def _broadcast_text(text: str) -> str:
   return bytes(data[data > 0]).decode(errors="replace")
 
 
-def _prepare_datasets(data: Any) -> None:
-  """Builds the training (and unlabelled real) datasets unless built, on process 0; the
-  other processes wait for it and raise PreparationError with its message if it failed."""
-  from sapnet_jax.data import prepare  # deferred: see steps_per_epoch
-  error = None
+def on_process_0(fn: Callable[[], float | None], what: str) -> float:
+  """Runs `fn` on process 0 only and returns its value on every process. Also a barrier:
+  every process waits for it. If it fails, process 0 raises its error and every other
+  process raises ProcessZeroError with the same message, instead of waiting forever."""
+  value, error = None, None
   if jax.process_index() == 0:
     try:
-      prepare.build(data.dataset, data_dir=data.get("data_dir"),
-                    manual_dir=data.get("manual_dir"))
-      if data.get("real_dataset"):
-        prepare.build(data.real_dataset, data_dir=data.get("data_dir"),
-                      manual_dir=data.get("real_manual_dir"))
+      value = fn()
     except Exception as e:  # noqa: BLE001 - told to every process, then raised here
       error = e
+  value = np.nan if value is None else float(value)
   if jax.process_count() > 1:
     message = _broadcast_text("" if error is None else f"{type(error).__name__}: {error}")
-    if message and jax.process_index() > 0:
-      raise PreparationError(f"dataset preparation (config.data.prepare) failed on process 0: "
-                             f"{message}")
+    if message and error is None:
+      raise ProcessZeroError(f"{what} failed on process 0: {message}")
+    if not message:  # every process knows it succeeded: one more collective for the value
+      value = float(multihost_utils.broadcast_one_to_all(np.float32(value)))
   if error is not None:
     raise error
+  return value
+
+
+def _prepare_datasets(data: Any) -> None:
+  """Builds the training (and unlabelled real) datasets unless built, on process 0 while the
+  others wait (see on_process_0)."""
+  from sapnet_jax.data import prepare  # deferred: see steps_per_epoch
+
+  def build() -> None:
+    prepare.build(data.dataset, data_dir=data.get("data_dir"), manual_dir=data.get("manual_dir"))
+    if data.get("real_dataset"):
+      prepare.build(data.real_dataset, data_dir=data.get("data_dir"),
+                    manual_dir=data.get("real_manual_dir"))
+
+  on_process_0(build, "dataset preparation (config.data.prepare)")
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:

@@ -120,7 +120,7 @@ def test_failed_preparation_is_reported_by_every_process(tmp_path):
   errs = [p.communicate(timeout=300)[1] for p in procs]
   assert all(p.returncode != 0 for p in procs), errs
   assert f"manual_dir {missing} is not a folder" in errs[0]
-  assert "PreparationError: dataset preparation (config.data.prepare) failed on process 0: " \
+  assert "ProcessZeroError: dataset preparation (config.data.prepare) failed on process 0: " \
          f"LayoutError: synthetic_rain/pool: manual_dir {missing} is not a folder" in errs[1]
 
 

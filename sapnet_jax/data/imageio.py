@@ -8,11 +8,9 @@ be local or URIs (gs://...): files are read and folders listed through `sapnet_j
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import warnings
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -108,17 +106,6 @@ def _to_rgb_float(im: Image.Image) -> np.ndarray:
   return np.asarray(im, dtype=np.float32) / 255.0
 
 
-def _open(path: str) -> BinaryIO:
-  """The file's bytes, raising FileNotFoundError / IsADirectoryError for both kinds of path
-  (a bucket reads a "folder" as zero bytes instead of failing)."""
-  if not fileio.is_remote(path):
-    return open(path, "rb")
-  data = fileio.read_bytes(path)
-  if not data and fileio.is_dir(path):
-    raise IsADirectoryError(path)
-  return io.BytesIO(data)
-
-
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """Returns the image at `path` as float32 (H, W, 3) in [0, 1], upright per its EXIF tag.
 
@@ -129,7 +116,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     with warnings.catch_warnings():
       # A truncated or oversized file must fail loudly, not decode partly.
       warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with _open(path) as f, Image.open(f) as im:
+      with fileio.open_read(path) as f, Image.open(f) as im:
         im.load()
         im = ImageOps.exif_transpose(im)
         rgb = _to_rgb_float(im)
