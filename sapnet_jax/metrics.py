@@ -1,10 +1,11 @@
 """Full-reference image metrics in each convention the de-raining literature uses.
 
-Every function is pure jax.numpy, batched over leading axes (..., H, W, C) and jit-able; it
-computes in the dtype of its inputs, so callers that need the conventions' float64 pass float64
-arrays under `jax.enable_x64(True)` (`score_pair` does). Conventions (SYSTEM.md §4):
+Every function is JAX (SSIM through dm-pix), batched over leading axes (..., H, W, C) and
+jit-able; it computes in the dtype of its inputs, so callers that need the conventions' float64
+pass float64 arrays under `jax.enable_x64(True)` (`score_pair` does). Papers' numbers differ by
+1-2 dB between conventions, so reports name theirs (docs/results.md lists all three):
 
-  rgb       PSNR / SSIM on RGB in [0, 1] (the SAPNet paper's "sklearn" numbers): SSIM is
+  rgb       PSNR / SSIM on RGB in [0, 1] (the SAPNet paper's Table 5, "sklearn"): SSIM is
             scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5,
             use_sample_covariance=False, data_range=1, channel_axis=-1), i.e. an 11x11 Gaussian
             window over the valid region, averaged over channels.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,20 +45,6 @@ def higher_is_better(name: str) -> bool:
                    f"{', '.join(HIGHER_IS_BETTER + LOWER_IS_BETTER)}")
 
 
-def _gaussian_taps(dtype) -> jax.Array:
-  x = np.arange(_WINDOW, dtype=np.float64) - (_WINDOW - 1) / 2
-  taps = np.exp(-(x**2) / (2 * _SIGMA**2))
-  return jnp.asarray(taps / taps.sum(), dtype)
-
-
-def _filter_valid(x: jax.Array, taps: jax.Array) -> jax.Array:
-  """Separable 'valid' correlation over axes -3 (H) and -2 (W) of (..., H, W, C)."""
-  n = taps.shape[0]
-  h, w = x.shape[-3], x.shape[-2]
-  rows = sum(taps[k] * x[..., k:h - n + 1 + k, :, :] for k in range(n))
-  return sum(taps[k] * rows[..., :, k:w - n + 1 + k, :] for k in range(n))
-
-
 def psnr(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> jax.Array:
   """PSNR per image over the last three axes (H, W, C)."""
   mse = jnp.mean((x - y) ** 2, axis=(-3, -2, -1))
@@ -64,18 +52,19 @@ def psnr(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> jax.Array:
 
 
 def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> jax.Array:
-  """Mean SSIM per image: 11x11 Gaussian (sigma 1.5) window, valid region, channels averaged."""
+  """Mean SSIM per image: 11x11 Gaussian (sigma 1.5) window, valid region, channels averaged.
+
+  dm-pix's SSIM is this convention (scikit-image's, to rounding) and quicker than our own sums
+  of shifted slices were (docs/benchmarks.md); it takes only (N, H, W, C), hence the reshape.
+  """
   if min(x.shape[-3], x.shape[-2]) < _WINDOW:
     raise ValueError(f"SSIM needs images of at least {_WINDOW}x{_WINDOW} pixels, got "
                      f"{x.shape[-3]}x{x.shape[-2]}")
-  taps = _gaussian_taps(x.dtype)
-  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-  mx, my = _filter_valid(x, taps), _filter_valid(y, taps)
-  vx = _filter_valid(x * x, taps) - mx * mx
-  vy = _filter_valid(y * y, taps) - my * my
-  cxy = _filter_valid(x * y, taps) - mx * my
-  ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-  return jnp.mean(ssim_map, axis=(-3, -2, -1))
+  lead = x.shape[:-3]
+  flat = lambda a: a.reshape((-1,) + a.shape[-3:])  # noqa: E731
+  out = dm_pix.ssim(flat(x), flat(y), max_val=data_range, filter_size=_WINDOW,
+                    filter_sigma=_SIGMA)
+  return out.reshape(lead).astype(x.dtype)  # its float64 taps would promote float32 under x64
 
 
 def rgb_to_y(x: jax.Array) -> jax.Array:
