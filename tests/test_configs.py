@@ -1,10 +1,12 @@
 """Every experiment config builds the architecture it names."""
 
 import importlib
+import re
 
 import pytest
 from flax import nnx
 
+from conftest import REPO
 from sapnet_jax import models
 from sapnet_jax.models import msnet, pdu
 
@@ -74,13 +76,42 @@ def test_unknown_variant_names_the_file_and_the_choices(module):
     importlib.import_module(f"configs.{module}").get_config("nope")
 
 
-def test_every_config_docstring_shows_its_command():
-  import pathlib
-  for path in sorted(pathlib.Path("configs").glob("*.py")):
-    if path.name == "__init__.py":
-      continue
-    doc = importlib.import_module(f"configs.{path.stem}").__doc__ or ""
-    assert f"configs/{path.name}" in doc, f"{path}: docstring lacks the command that runs it"
+_CONFIG_ARG = re.compile(r"--config[= ](configs/\w+\.py)((?::\w+)(?:\s*\|\s*:\w+)*)?")
+
+
+def _documented_commands(path):
+  """(config file, variant or "", main's flag names in the line) for each `--config` a config
+  file's docstring shows; `a.py:x | :y` names two variants."""
+  doc = importlib.import_module(f"configs.{path.stem}").__doc__ or ""
+  for line in doc.splitlines():
+    for m in _CONFIG_ARG.finditer(line):
+      variants = re.findall(r":(\w+)", m.group(2) or "") or [""]
+      names = re.findall(r"\s--(\w+)", line) if "sapnet_jax.main" in line else []
+      for variant in variants:
+        yield m.group(1), variant, names
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "configs").glob("*.py")
+                                        if p.name != "__init__.py"), ids=lambda p: p.stem)
+def test_every_documented_command_loads_and_builds(path):
+  """A user copies the docstring's command: main's flags must exist, the config (and variant)
+  must load through main's --config flag, and its model must build."""
+  from absl import flags
+  from ml_collections import config_flags
+  import sapnet_jax.main  # noqa: F401  (defines main's flags)
+  commands = list(_documented_commands(path))
+  assert commands, f"{path}: the docstring shows no --config=configs/...py command"
+  for name, variant, flag_names in commands:
+    assert name == f"configs/{path.name}", f"{path}: its command runs {name}"
+    unknown = [f for f in flag_names if f not in flags.FLAGS]
+    assert not unknown, f"{path}: sapnet_jax.main has no flag {unknown}"
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv)
+    fv(["main", f"--config={REPO / name}" + (f":{variant}" if variant else "")])
+    cfg = models.config_from_dict(fv.config.model.to_dict())
+    model = nnx.eval_shape(lambda: models.build(cfg, nnx.Rngs(0)))  # noqa: B023
+    family = {"pdu": pdu.PDUNet, "msnet": msnet.MSNet}[fv.config.model.family]
+    assert isinstance(model, family), f"{name}:{variant} built {type(model).__name__}"
 
 
 @pytest.mark.parametrize("variant", ["gpu", "cpu"])
