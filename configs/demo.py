@@ -17,8 +17,7 @@ def get_config(variant: str = "shipped"):
     raise ValueError(f"configs/demo.py:{variant}: unknown variant; known: shipped, pool")
   config = default.get_config()
   # SAPNet's architecture (CRA, dilations, ConvLSTM) at a CPU demo's size: 16 channels and 4
-  # stages train ~6x faster than 32/6: 1.6-1.7 steps/s on 2 cores (measured), 500 steps in
-  # 5.5 minutes with validation.
+  # stages train several times faster than 32/6: minutes on 2 cores (docs/results.md).
   config.model.update(dict(channels=16, stages=4, reduction=4))
   config.data.dataset = f"synthetic_rain/{variant}"
   config.data.manual_dir = "../shared/data/clean_pool" if variant == "pool" else None
@@ -40,6 +39,6 @@ def get_config(variant: str = "shipped"):
   config.train.save_every = 100
   config.optim.lr = 1e-3
   # Epochs of 222 steps: x0.2 at steps ~300 and ~400. At a constant lr the held-out PSNR swung
-  # between 28 and 31 dB from one evaluation to the next (measured, docs/fidelity.md).
+  # by up to 3 dB from one evaluation to the next (docs/fidelity.md, Training).
   config.optim.milestones = (1.35, 1.8)
   return config

@@ -6,18 +6,13 @@ Starts from `sapnet-rain100h` (shipped in the package), trains with -SSIM at lr 
 official schedule's last lr, 1e-3 x 0.2^3) on batches of 12 official-size 100x100 patches of
 `synthetic_rain/shipped_rain100h` (the shipped photos under rain drawn like Rain100H's,
 synth.RAIN100H), and validates on those pairs and on Rain100H (../shared/data/rain100h) at the
-end. The released weights still drift on it: with `:cpu` batches, Rain100H (100 pairs) goes
-26.56 -> 26.19 / 25.74 / 25.27 dB after 100 / 200 / 300 steps and the held-out synthetic scene
-30.03 -> 29.89 / 29.38 / 28.87, less than on the demo's own screen-blended streaks (-2.2 dB by
-100 steps on 5 Rain100H images); docs/fidelity.md has the measurements.
-On a GPU it takes a minute; on a 2-core CPU use `:cpu` (4 patches of 64x64: 0.5-0.9 steps/s
-measured, so 300 steps take 6-10 minutes before the final evaluation).
+end. Three training scenes are over-fitted: the released weights lose Rain100H PSNR as steps go
+(docs/fidelity.md, Training, has the measurements). `:cpu` (4 patches of 64x64) fits a 2-core
+CPU: minutes rather than hours (docs/benchmarks.md).
 
 `:pool` / `:cpu_pool` fine-tune at lr 1e-6 on `synthetic_rain/pool_rain100h` instead: the same
 rain over the shipped photos plus the 150 clean photos of ../shared/data/clean_pool (built from
-there on first use). More scenes and the smaller lr keep the released weights' Rain100H score:
-`:cpu_pool` measured 26.56 -> 26.48 / 26.35 / 26.32 dB after 100 / 200 / 300 steps (its 16
-held-out synthetic pairs 26.62 -> 26.63 / 26.59 / 26.58).
+there on first use). More scenes and the smaller lr keep the released weights' Rain100H score.
 `--config.train.init_weights=PATH` starts from another .pth or Orbax directory instead.
 """
 
