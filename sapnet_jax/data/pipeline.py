@@ -1,75 +1,15 @@
 """Input pipelines: grain over `tfds.data_source`, sharded per process, checkpointable.
 
-The trainer's interface (all reads go through datasets built by `sapnet_jax.data.prepare`, or
-by `demo.build_demo` for the embedded demo data):
-
-Training stream, one per process:
-
-    it = pipeline.make_train_iterator(config.data, seed=config.data.seed)
-    batch = next(it)   # dict of NumPy arrays, this process's local batch:
-                       #   "rainy", "clean": float32 (B, p, p, 3) in [0, 1], NHWC
-                       #   "real": float32 (B_real, p, p, 3), only when data.real_dataset is set
-
-B = `data.global_batch_size // jax.process_count()` (a ValueError if it does not divide);
-p = `data.patch_size`; B_real = `data.real_batch_size` or B. Each process reads a disjoint
-share of every epoch; assemble the global batch with `jax.make_array_from_process_local_data`.
-`process_index` / `process_count` keyword arguments override jax's (tests). With worker
-processes (`data.worker_count > 0`, spawned) the entry point needs an `if __name__ ==
-"__main__":` guard (absl's `app.run` in `main.py` has one).
-
-Length. The stream never ends unless `data.num_epochs` is set (the default 0: the trainer
-counts steps). `epoch_size(config.data)` is the number of training patches in one epoch over
-all processes; global steps per epoch = `epoch_size(config.data) / data.global_batch_size`
-(batches run across epoch boundaries, so it need not be whole: round as the schedule needs).
-With `num_epochs` set and several processes, shares can differ by a batch at the very end;
-count steps instead for multi-host runs.
-
-Checkpointing: the iterator's state is a small dict. Either `state = it.get_state()` and,
-after building `it` again with the same config, seed and process count, `it.set_state(state)`;
-or with the model in the same Orbax CheckpointManager (grain's handler writes one small JSON
-per process):
-
-    import grain, orbax.checkpoint as ocp
-    mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(train_state), data=grain.checkpoint.CheckpointSave(it)))
-    # resume: build `it` again with the same config and seed, then
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(it)))   # restores `it` in place
-
-Both work with and without worker processes, and a restored iterator yields exactly the
-batches the original would have yielded next.
-
-Evaluation / validation: whole images, batch 1 (sizes differ), in name order, this process's
-share (records p, p + P, ...). A fresh finite iterator per call: call it for every pass.
-
-    for ex in pipeline.make_eval_iterator(config.data):     # first of data.eval_datasets
-      ex["rainy"], ex["clean"]   # float32 (1, H, W, 3) in [0, 1]
-      ex["name"], ex["index"]    # str array (1,) e.g. ["rain-001.png"]; int64 (1,) record
-    pipeline.make_eval_iterator("rain100h:test", data_dir=...)   # or name it directly
-
-Demo data (no download, no network): `spec = demo.build_demo(data_dir)` builds
-`synthetic_rain/shipped` once into DATA_DIR/synthetic_rain/shipped/1.2.0 (a few seconds on
-two CPU cores; a second call reuses it) from the photos shipped in the package: train 48
-pairs, held-out `validation` 3 pairs of a scene never trained on. Then
-`data.dataset = spec.name`, `data.eval_datasets = f"{spec.name}:validation"`,
-`data.data_dir = spec.data_dir` (see `demo.py`; `build_demo(data_dir, clean_dir)` adds a
-folder of clean photos as `synthetic_rain/pool`).
-
-Semi-supervised mode (`data.real_dataset`, e.g. "real_rain"): a second stream of random crops
-of unlabelled real photos is zipped with the labelled one, batch by batch, under the key
-"real" (it never ends; it is cut to the labelled stream's length).
-
-Patches. `data.patch_mode="stride"` is the official PReNet/SAPNet scheme: every
-`patch_size` window on a grid of step `data.stride` (80) of every training image, served in a
-fresh random order each epoch. `"random"` keeps the same number of patches per image and epoch
-(so an epoch means the same number of steps) but draws each window's position uniformly. Rainy
-and clean windows are always cut at the same place; flips are applied to both.
-
-Randomness is NumPy's, seeded per element by grain from `seed` and the element's position, so
-the batches depend on the seed only: not on worker count, threads, or where a run resumed.
-Flips use NumPy rather than dm-pix: the work happens in grain worker processes where JAX is
-neither needed nor wanted (dm-pix's ops are JAX ops, dispatched per image).
+Reads datasets built by `sapnet_jax.data.prepare` (or `demo.build_demo`). Training
+(`make_train_iterator`): shuffle the patch table, repeat, crop, take this process's share,
+batch; evaluation (`make_eval_iterator`): whole images, batch 1, in name order. Why so:
+- Windows are cut (and flipped) before sharding, by NumPy seeded from their global position:
+  batches depend on the seed only, not on process or worker count or where a run resumed.
+- The patch table holds (record, top, left, mirrored) rows, not pixels: cheap to send to grain
+  workers; batches cross the worker boundary as uint8 and become float at the end.
+- Flips use NumPy, not dm-pix: they run in grain workers, where JAX is neither needed nor wanted.
+- The iterator state is grain's: Orbax saves it beside the model (checkpoint.py), and a restored
+  iterator yields exactly the batches the original would have yielded next.
 """
 
 from __future__ import annotations
@@ -357,8 +297,16 @@ def _finish(ds: grain.MapDataset, data_cfg) -> grain.DatasetIterator:
 
 def make_train_iterator(data_cfg, *, seed: int, process_index: int | None = None,
                         process_count: int | None = None) -> grain.DatasetIterator:
-  """The training stream of this process (see the module docstring); `get_state`/`set_state`
-  and grain.checkpoint.CheckpointSave/Restore checkpoint it."""
+  """The training stream of this process: dicts of float32 NumPy NHWC batches in [0, 1],
+  "rainy" and "clean" (B, p, p, 3), plus "real" (B_real, p, p, 3) with data.real_dataset.
+
+  B = data.global_batch_size / process count (assemble the global batch with
+  jax.make_array_from_process_local_data); p = data.patch_size; B_real = data.real_batch_size
+  or B. Endless unless data.num_epochs is set (then shares may end a batch apart: multi-host
+  runs count steps). Checkpoint with `get_state`/`set_state` or grain.checkpoint.CheckpointSave
+  and CheckpointRestore, rebuilding it first with the same config, seed and process count.
+  With data.worker_count > 0 workers are spawned: the entry point needs a `__main__` guard.
+  """
   process_index, process_count = _process(process_index, process_count)
   batch = per_process_batch(data_cfg, process_count)
   mode = str(_field(data_cfg, "patch_mode", "stride"))
