@@ -40,9 +40,8 @@ from sapnet_jax.data.pairs import LayoutError
 IMAGES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_images")
 SHIPPED = ("astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg")
 SHIPPED_HELD_OUT = ("chelsea.jpg",)
-# Streaks without the veil (synth.py still draws veils): from three photos the demo network
-# never learnt to undo a global veil (held-out PSNR swung by 2 dB and stayed under +3 dB over
-# the rainy input); on streaks alone it gained 4.9 dB at step 400 (docs/fidelity.md).
+# Streaks without the veil (synth.py still draws veils): three photos do not teach the small
+# demo network to undo a global veil, while it learns streaks (docs/fidelity.md, Training).
 DRAW_STYLES = tuple(dataclasses.replace(s, haze_probability=0.0)
                     for s in (synth.RainStyle(), synth.HEAVY, synth.LIGHT))
 SEED = 20220104  # fixed: the dataset is part of the package, not of an experiment
