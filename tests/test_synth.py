@@ -132,6 +132,17 @@ def test_uint8_input_matches_float_input():
 
 
 def test_grid_lays_out_pairs():
-  out = synth.grid([(CLEAN, CLEAN)] * 3, cell=16, gap=2)
+  # Three distinct pairs of 20x24 images, two pairs a row: each cell holds the centre 16x16 crop
+  # of its own image at full resolution, rainy left of clean; the empty fourth slot stays white.
+  rng = np.random.default_rng(7)
+  pairs = [(rng.random((20, 24, 3)), rng.random((20, 24, 3))) for _ in range(3)]
+  out = synth.grid(pairs, cell=16, gap=2)
   assert out.dtype == np.uint8
   assert out.shape == (2 * (16 + 2) + 2, 2 * 2 * 16 + 5 * 2 + 2, 3)
+  for i, (rainy, clean) in enumerate(pairs):
+    row, col = divmod(i, 2)
+    y, x = 2 + row * 18, 2 + col * 38
+    np.testing.assert_array_equal(out[y:y + 16, x:x + 16], imageio.to_uint8(rainy[2:18, 4:20]))
+    np.testing.assert_array_equal(out[y:y + 16, x + 18:x + 34],
+                                  imageio.to_uint8(clean[2:18, 4:20]))
+  assert (out[20:36, 40:74] == 255).all()
