@@ -69,12 +69,10 @@ LIGHT = RainStyle(layers=(1, 2), density=(0.0005, 0.003), brightness=(0.25, 0.6)
                   haze_probability=0.2)
 HEAVY = RainStyle(layers=(2, 4), density=(0.004, 0.012), brightness=(0.5, 0.9),
                   haze_probability=0.8, haze=(0.15, 0.4))
-# Rain100H's rain, measured on its 100 test pairs (rainy - clean): added, never darkening, no
-# veil (the residual does not depend on the clean intensity until it clips at 1); long thin
-# streaks in one or two directions over most of the image. Drawn on 20 of its clean images, this
-# style gives per-image residual quantiles 10/50/90% of 0.021 / 0.230 / 0.417 (Rain100H: 0.029 /
-# 0.188 / 0.404) and autocorrelations along / across the streaks (lags 1-60 px) within 0.045 of
-# Rain100H's.
+# Rain100H's rain as its 100 test pairs show it (rainy - clean): added, never darkening, no veil
+# (the residual does not depend on the clean intensity until it clips at 1); long thin streaks in
+# one or two directions over most of the image. Calibrated on its residuals (docs/fidelity.md,
+# Data; tests/test_synth.py checks the quantiles).
 RAIN100H = RainStyle(layers=(1, 2), angle_deg=(-20.0, 20.0), angle_spread_deg=15.0,
                      length=(40.0, 120.0), width=(1.0, 2.0), blur=(0.0, 0.5),
                      density=(0.003, 0.007), brightness=(0.2, 0.45), haze_probability=0.0,
