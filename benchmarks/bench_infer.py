@@ -36,20 +36,23 @@ def _timed(fn):
   return time.perf_counter() - t
 
 
-def _jax_forward(form: str, dtype: str, size: int):
+def _jax_forward(form: str, dtype: str, size: int, impl: str = "auto"):
   from sapnet_jax import infer, pretrained
-  derainer = infer.Derainer(pretrained.load(scan=form == "scan", dtype=dtype))
+  derainer = infer.Derainer(pretrained.load(scan=form == "scan", dtype=dtype), impl=impl)
   x = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
   return lambda: derainer.batch(x).block_until_ready()
 
 
-def run_variant(form: str, dtype: str, size: int, repeats: int) -> dict:
-  forward = _jax_forward(form, dtype, size)
+def run_variant(form: str, dtype: str, size: int, repeats: int, impl: str) -> dict:
+  import jax
+  from sapnet_jax import xla_options
+  forward = _jax_forward(form, dtype, size, impl)
   first = _timed(forward)
   times = [_timed(forward) for _ in range(repeats)]
   return {"first_call_s": first, "median_s": float(np.median(times)),
           "compile_s_est": first - float(np.median(times)), "times_s": times,
-          "peak_rss_mb": peak_rss_mb()}
+          "peak_rss_mb": peak_rss_mb(),
+          "compiler_options": xla_options.compiler_options(jax.devices()[0].platform, "infer")}
 
 
 def run_torch_pair(size: int, repeats: int) -> dict:
@@ -108,12 +111,14 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--torch", action="store_true")
   parser.add_argument("--large", action="store_true")
+  parser.add_argument("--impl", default="auto", help="kernel set(s), comma-separated: reference, "
+                      "cpu, gpu, auto (models/ops.py); --torch and --large use auto")
   parser.add_argument("--_variant", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args._variant:
     kind, *rest = args._variant.split(",")
     if kind == "jax":
-      result = run_variant(rest[0], rest[1], args.size, args.repeats)
+      result = run_variant(rest[0], rest[1], args.size, args.repeats, rest[2])
     elif kind == "torch":
       result = run_torch_pair(args.size, args.repeats)
     else:
@@ -121,14 +126,17 @@ def main():
     print(json.dumps(result))
     return
   import jax
+  from sapnet_jax import xla_options
   report = {"benchmark": "infer", "size": args.size, "repeats": args.repeats,
             "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__,
-            "variants": {}}
+            "cpu": xla_options.cpu_description(), "machine": platform.machine(),
+            "jax": jax.__version__, "variants": {}}
   common = ["--size", str(args.size), "--repeats", str(args.repeats)]
-  for form in ("loop", "scan"):
-    for dtype in ("float32", "bfloat16"):
-      report["variants"][f"{form}_{dtype}"] = subprocess_json(*common, f"--_variant=jax,{form},{dtype}")
+  for impl in args.impl.split(","):
+    for form in ("loop", "scan"):
+      for dtype in ("float32", "bfloat16"):
+        report["variants"][f"{form}_{dtype}_{impl}"] = subprocess_json(
+            *common, f"--_variant=jax,{form},{dtype},{impl}")
   if args.torch:
     report["torch_vs_jax_loop_float32"] = subprocess_json(*common, "--_variant=torch")
   if args.large:

@@ -5,11 +5,11 @@
 Each variant runs in a fresh subprocess: SAPNet (official weights) and Adam, one jitted train
 step (sapnet_jax.train.Trainer) on a fixed batch of `batch` x patch x patch, first call
 (compile + run) and the median of `--repeats` further steps, and the process's peak RSS.
-Variants: the -SSIM loss with a Python loop or lax.scan over stages, each with XLA's conv
-weight gradients, the matmul VJP or `auto` (models/conv.py); `--full` adds the paper's full loss
+Variants: the -SSIM loss with a Python loop or lax.scan over stages, each with a kernel set
+(model.impl: reference, cpu, gpu or auto; models/ops.py); `--full` adds the paper's full loss
 (-SSIM + PCL + LPIPS-Alex + seg; VGG/AlexNet/LPIPS weights from ../shared, seg encoder random).
 `--torch` times the official PyTorch code's step (-SSIM, Adam; dev only, needs torch and
-tests/fixtures/torch_reference.py) and the JAX loop variant of `--torch-wgrad` in alternating
+tests/fixtures/torch_reference.py) and the JAX loop variant of `--torch-impl` in alternating
 worker processes, one alive at a time (run_torch_pair says why), so that both see the same
 machine in the same run (on a GPU machine both run on the GPU). A `:bfloat16` suffix
 on a variant computes in bfloat16 with float32 parameters. On CPU the JAX workers keep XLA's
@@ -20,7 +20,6 @@ step memory mapped as `python -m sapnet_jax.main` does (sapnet_jax/cpu_memory.py
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -42,14 +41,14 @@ def _batch(n: int, patch: int) -> dict:
   return {"clean": clean, "rainy": np.clip(clean + 0.2 * rng.random(clean.shape, np.float32), 0, 1)}
 
 
-def _jax_step(loss: str, form: str, wgrad: str, n: int, patch: int, dtype: str = "float32"):
+def _jax_step(loss: str, form: str, impl: str, n: int, patch: int, dtype: str = "float32"):
   sys.path.insert(0, ROOT)
   from flax import nnx
   from configs import default
   from sapnet_jax import objectives, pretrained, train
   config = default.get_config()
   config.model.scan = form == "scan"
-  model = pretrained.load(scan=form == "scan", conv_wgrad=wgrad, dtype=dtype)
+  model = pretrained.load(scan=form == "scan", impl=impl, dtype=dtype)
   if loss == "ssim":
     config.loss.update(contrast="none", lpips_weight=0.0, seg_weight=0.0)
   else:
@@ -66,7 +65,7 @@ def _jax_step(loss: str, form: str, wgrad: str, n: int, patch: int, dtype: str =
   def step():
     state[0], m = trainer(state[0], batch, frozen)
     m["total"].block_until_ready()
-  return step
+  return step, model.cfg.impl
 
 
 def _timed(fn) -> float:
@@ -75,19 +74,20 @@ def _timed(fn) -> float:
   return time.perf_counter() - t
 
 
-def run_variant(loss: str, form: str, wgrad: str, n: int, patch: int, repeats: int,
+def run_variant(loss: str, form: str, impl: str, n: int, patch: int, repeats: int,
                 dtype: str = "float32", reuse_memory: bool = True) -> dict:
   import jax
   sys.path.insert(0, ROOT)
-  from sapnet_jax import cpu_memory
+  from sapnet_jax import cpu_memory, xla_options
   # What `python -m sapnet_jax.main` does (its --reuse_cpu_memory flag), before JAX starts.
-  reused = reuse_memory and cpu_memory.reuse_step_memory()
-  step = _jax_step(loss, form, wgrad, n, patch, dtype)
+  reused = reuse_memory and cpu_memory.reuse_step_memory()[0]
+  step, resolved = _jax_step(loss, form, impl, n, patch, dtype)
   first = _timed(step)
   times = [_timed(step) for _ in range(repeats)]
   out = {"first_call_s": first, "median_s": float(np.median(times)), "times_s": times,
          "peak_rss_mb": peak_rss_mb(), "device": jax.devices()[0].device_kind,
-         "reused_cpu_memory": bool(reused)}
+         "reused_cpu_memory": bool(reused), "impl": resolved,
+         "compiler_options": xla_options.compiler_options(jax.devices()[0].platform, "train")}
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
@@ -128,14 +128,14 @@ def run_torch(n: int, patch: int, repeats: int) -> dict:
           "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
-def run_torch_pair(wgrad: str, n: int, patch: int, repeats: int, rounds: int = 2,
+def run_torch_pair(impl: str, n: int, patch: int, repeats: int, rounds: int = 2,
                    reuse_memory: bool = True) -> dict:
-  """The official PyTorch step and the JAX loop step of `wgrad`, in alternating worker processes
+  """The official PyTorch step and the JAX loop step of `impl`, in alternating worker processes
   (torch, JAX, torch, JAX, ...; `repeats` steps each), one alive at a time: in one process, or
   with an idle PyTorch process beside it, JAX's step measured 30-50% slower."""
   times, rss, devices = {"torch": [], "jax": []}, {}, {}
   for _ in range(rounds):
-    jax_flags = ["--only", f"ssim:loop:{wgrad}"] + ([] if reuse_memory else ["--no-reuse-memory"])
+    jax_flags = ["--only", f"ssim:loop:{impl}"] + ([] if reuse_memory else ["--no-reuse-memory"])
     for name, flags in (("torch", ["--torch-worker"]), ("jax", jax_flags)):
       r = subprocess.run([sys.executable, __file__, "--batch", str(n), "--patch", str(patch),
                           "--repeats", str(repeats), *flags],
@@ -158,20 +158,20 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--torch", action="store_true")
   p.add_argument("--full", action="store_true")
-  p.add_argument("--variants", default="ssim:loop:auto,ssim:loop:xla,ssim:loop:matmul,ssim:scan:auto",
-                 help="comma-separated loss:form:wgrad[:dtype] (loss ssim|full, form loop|scan, "
-                 "wgrad xla|matmul|auto, dtype float32 (default)|bfloat16)")
-  p.add_argument("--torch-wgrad", default="auto", choices=("xla", "matmul", "auto"),
-                 help="the JAX variant that --torch alternates with (loop, this wgrad)")
-  p.add_argument("--only", help="internal: run one variant, loss:form:wgrad[:dtype]")
+  p.add_argument("--variants", default="ssim:loop:auto,ssim:loop:reference,ssim:scan:auto",
+                 help="comma-separated loss:form:impl[:dtype] (loss ssim|full, form loop|scan, "
+                 "impl reference|cpu|gpu|auto, dtype float32 (default)|bfloat16)")
+  p.add_argument("--torch-impl", default="auto", choices=("reference", "cpu", "gpu", "auto"),
+                 help="the JAX variant that --torch alternates with (loop, this impl)")
+  p.add_argument("--only", help="internal: run one variant, loss:form:impl[:dtype]")
   p.add_argument("--torch-worker", action="store_true", help="internal: time the PyTorch step")
   p.add_argument("--rounds", type=int, default=2, help="--torch: alternations of the two workers")
   p.add_argument("--no-reuse-memory", action="store_true",
                  help="JAX variants without sapnet_jax.cpu_memory.reuse_step_memory()")
   a = p.parse_args()
   if a.only:
-    loss, form, wgrad, *dtype = a.only.split(":")
-    print(json.dumps(run_variant(loss, form, wgrad, a.batch, a.patch, a.repeats, *dtype,
+    loss, form, impl, *dtype = a.only.split(":")
+    print(json.dumps(run_variant(loss, form, impl, a.batch, a.patch, a.repeats, *dtype,
                                  reuse_memory=not a.no_reuse_memory)))
     return
   if a.torch_worker:
@@ -180,8 +180,10 @@ def main() -> None:
   variants = [v for v in a.variants.split(",") if v]
   if a.full:
     variants.append("full:loop:auto")
-  out = {"batch": a.batch, "patch": a.patch, "cpu": platform.processor() or platform.machine(),
-         "cores": os.cpu_count(), "variants": {}}
+  sys.path.insert(0, ROOT)
+  from sapnet_jax import xla_options
+  out = {"batch": a.batch, "patch": a.patch, "cpu": xla_options.cpu_description(),
+         "variants": {}}
 
   def sub(*flags):
     r = subprocess.run([sys.executable, __file__, "--batch", str(a.batch), "--patch", str(a.patch),
@@ -196,7 +198,7 @@ def main() -> None:
     out["variants"][v] = sub("--only", v)
     print(v, json.dumps(out["variants"][v]), file=sys.stderr, flush=True)  # progress
   if a.torch:
-    out[f"torch_vs_jax_loop_{a.torch_wgrad}"] = run_torch_pair(a.torch_wgrad, a.batch, a.patch,
+    out[f"torch_vs_jax_loop_{a.torch_impl}"] = run_torch_pair(a.torch_impl, a.batch, a.patch,
                                                                a.repeats, a.rounds,
                                                                not a.no_reuse_memory)
   print(json.dumps(out))

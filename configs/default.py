@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
       scan=False,  # Python loop over stages; True: one lax.scan step (CPU training >10x slower)
       dtype="float32",  # compute dtype (float32 | bfloat16 | float64); parameters stay float32
       remat=False,  # recompute each stage's activations in the backward pass (less memory)
-      conv_wgrad="auto",  # xla | matmul (9 matmuls per 3x3 conv) | auto (models/conv.py)
+      impl="auto",  # kernel set: reference | cpu | gpu | auto (for the platform; models/ops.py)
   ))
   # Official PReNet/SAPNet training: Adam lr 1e-3, MultiStepLR milestones [30, 50, 80], gamma 0.2.
   config.optim = ml_collections.ConfigDict(dict(

@@ -28,7 +28,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
       feature_layers=2,  # convs of the matching network (paper: not given)
       dtype="float32",
       remat=False,
-      conv_wgrad="xla",  # | matmul | auto (models/conv.py)
+      impl="auto",  # kernel set: reference | cpu | gpu | auto (for the platform; models/ops.py)
   ))
   config.loss = ml_collections.ConfigDict(dict(
       matching_weight=1.0,  # ω (paper §4.1); 0 = purely supervised

@@ -68,7 +68,10 @@ def save_model(model: nnx.Module, path: str | os.PathLike, step: int = 0) -> Non
 
 
 def abstract_model(config: dict, **overrides) -> nnx.Module:
+  """The model of a stored config with `overrides`; impl="auto" is resolved for the platform
+  of this process's first device, where the weights are restored."""
   cfg = models.config_from_dict({**config, **overrides})
+  cfg = models.resolve_impl(cfg, jax.local_devices()[0].platform)
   return nnx.eval_shape(lambda: models.build(cfg, nnx.Rngs(0)))
 
 

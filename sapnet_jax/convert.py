@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import checkpoint, download, fileio
+from sapnet_jax import checkpoint, download, fileio, models
 from sapnet_jax.fileio import atomic_write
 from sapnet_jax.models import pdu, vgg
 from sapnet_jax.pth import PthError, load_safetensors, load_state_dict
@@ -146,7 +146,8 @@ def load_pth(path: str, arch: str | None = None, **overrides) -> pdu.PDUNet:
   if arch not in pdu.PRESETS:
     raise ConversionError(f"--arch must be one of {sorted(pdu.PRESETS)}, got {arch!r}")
   try:
-    return pdu_from_state_dict(sd, dataclasses.replace(pdu.PRESETS[arch], **overrides))
+    cfg = dataclasses.replace(pdu.PRESETS[arch], **overrides)
+    return pdu_from_state_dict(sd, models.resolve_impl(cfg, jax.local_devices()[0].platform))
   except ConversionError as e:
     raise ConversionError(f"{path}: {e}") from None
 
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   checkpoint.save_model(model, args.out)
-  print(f"wrote {args.out} ({_describe(model.cfg)}, {pdu.count_params(model):,} parameters)")
+  print(f"wrote {args.out} ({_describe(model.cfg)}, {models.count_params(model):,} parameters)")
   return 0
 
 

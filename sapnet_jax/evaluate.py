@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sapnet_jax import checkpoint, fileio, infer, metrics, pretrained
+from sapnet_jax import checkpoint, fileio, infer, metrics, models, pretrained
 from sapnet_jax.data import imageio, pairs
 from sapnet_jax.fileio import atomic_write
 
@@ -292,7 +292,9 @@ def evaluate_workdir(config, workdir: str) -> dict[str, dict]:
   step = fileio.basename(path)
   model = checkpoint.load_model(path, **eval_overrides(config.model))
   data_dir = config.data.get("data_dir") if "data" in config else None
-  results = evaluate_sets(infer.Derainer(model), ev, fileio.join(workdir, "eval", f"step_{step}"),
+  out = fileio.join(workdir, "eval", f"step_{step}")
+  # impl=None: the kernel set the config asked for, as resolved when the weights were loaded.
+  results = evaluate_sets(infer.Derainer(model, impl=None), ev, out,
                           {"checkpoint": path, "step": int(step)}, data_dir)
   for name, summary in results.items():
     print(f"[{name}] step {step}\n{format_table(summary)}")
@@ -301,7 +303,7 @@ def evaluate_workdir(config, workdir: str) -> dict[str, dict]:
 
 def eval_overrides(model_cfg) -> dict:
   """The fields of a model config that may differ from the checkpoint's: how it computes."""
-  return {k: model_cfg[k] for k in ("scan", "dtype") if k in model_cfg}
+  return {k: model_cfg[k] for k in models.COMPUTE_FIELDS if k in model_cfg}
 
 
 def format_table(summary: dict) -> str:

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import xla_options
+from sapnet_jax import models, xla_options
+from sapnet_jax.models import ops
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
@@ -48,13 +49,21 @@ def blend_ramp(start: int, tile: int, length: int, overlap: int) -> np.ndarray:
 
 
 class Derainer:
-  """A jit-compiled de-raining function for one model: `derainer(image) -> image`."""
+  """A jit-compiled de-raining function for one model: `derainer(image) -> image`.
 
-  def __init__(self, model: nnx.Module):
+  It runs on JAX's default device, with the kernel set `impl` (models/ops.py; "auto": the
+  measured faster one on that device's platform, None: the model's own) and the compiler
+  options measured faster there for inference (xla_options)."""
+
+  def __init__(self, model: nnx.Module, impl: str | None = "auto"):
+    platform = jax.devices()[0].platform
+    if impl is not None:
+      model = models.with_config(model, impl=ops.resolve(impl, platform))
+    self.impl = model.cfg.impl
     graphdef, state = nnx.split(model)
     self._state = state
     self._forward = jax.jit(functools.partial(_forward, graphdef),
-                            compiler_options=xla_options.compiler_options())
+                            compiler_options=xla_options.compiler_options(platform, "infer"))
 
   def update(self, params: dict) -> None:
     """Swaps in new weights of the same structure (training's validation), with no recompile."""

@@ -24,9 +24,10 @@ flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host GPU
                     "SLURM find it themselves).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host GPU).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host GPU).")
-flags.DEFINE_bool("reuse_cpu_memory", True, "Keep XLA:CPU's per-step memory mapped between "
-                  "steps instead of page-faulting it in every step (Linux with glibc; "
-                  "sapnet_jax/cpu_memory.py says what it costs).")
+flags.DEFINE_bool("reuse_cpu_memory", True, "On CPU-only runs (JAX_PLATFORMS=cpu, or no GPU/TPU "
+                  "plugin installed), keep XLA:CPU's per-step memory mapped between steps "
+                  "instead of page-faulting it in every step (Linux with glibc; "
+                  "sapnet_jax/cpu_memory.py says what it costs). Elsewhere it does nothing.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:variant]).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -36,7 +37,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.reuse_cpu_memory:  # before JAX starts its CPU client, which reads the dispatch mode
-    logging.info("keeping XLA's CPU step memory mapped: %s", cpu_memory.reuse_step_memory())
+    applied, why = cpu_memory.reuse_step_memory()
+    logging.info("keeping XLA's CPU step memory mapped: %s (%s)", applied, why)
   if FLAGS.multihost:
     jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   if jax.process_index() > 0:

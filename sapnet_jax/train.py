@@ -145,7 +145,8 @@ class Trainer:
           in_shardings=(shard(state, self.replicated), shard(batch, self.batch_sharding),
                         shard(frozen, self.replicated)),
           out_shardings=(shard(state, self.replicated), self.replicated),
-          donate_argnums=0, compiler_options=xla_options.compiler_options())
+          donate_argnums=0, compiler_options=xla_options.compiler_options(
+              self.mesh.devices.flat[0].platform, "train"))
     return self._jitted(state, batch, frozen)
 
   def global_batch(self, local: dict) -> dict:
@@ -173,28 +174,22 @@ def total_steps(config: Any, per_epoch: int) -> int:
   return int(config.train.num_steps) or int(config.train.num_epochs) * per_epoch
 
 
-def initial_model(config: Any) -> nnx.Module:
-  """The model of `config.model`, randomly initialised or (`train.init_weights`) pretrained."""
-  model = models.build(models.config_from_dict(config.model.to_dict()), nnx.Rngs(config.seed))
+def initial_model(config: Any, platform: str) -> nnx.Module:
+  """The model of `config.model`, its `impl` resolved for `platform`, randomly initialised or
+  (`train.init_weights`) pretrained."""
+  cfg = models.resolve_impl(models.config_from_dict(config.model.to_dict()), platform)
+  logging.info("model.impl=%s: kernel set %r on %s", config.model.get("impl", "reference"),
+               cfg.impl, platform)
+  model = models.build(cfg, nnx.Rngs(config.seed))
   if config.train.init_weights:
     source = pretrained.load(config.train.init_weights)
-    diff = checkpoint.config_differences(models.config_to_dict(source.cfg),
-                                         models.config_to_dict(model.cfg))
-    diff = [d for d in diff if d.split(":")[0] not in COMPUTE_FIELDS]
+    diff = checkpoint.config_differences(models.architecture(models.config_to_dict(source.cfg)),
+                                         models.architecture(models.config_to_dict(model.cfg)))
     if diff:
       raise ValueError(f"train.init_weights={config.train.init_weights!r} is another "
                        "architecture than config.model: " + "; ".join(diff))
     nnx.update(model, nnx.state(source, nnx.Param))
   return model
-
-
-# Model config fields that change how a network computes, not what it is: a checkpoint may be
-# resumed or fine-tuned with other values.
-COMPUTE_FIELDS = ("scan", "dtype", "remat", "conv_wgrad")
-
-
-def _architecture(model_config: dict) -> dict:
-  return {k: v for k, v in model_config.items() if k not in COMPUTE_FIELDS}
 
 
 def _host_params(params: Any) -> Any:
@@ -298,20 +293,21 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   fileio.makedirs(workdir)
   if config.data.get("prepare", False):
     _prepare_datasets(config.data)
-  model = initial_model(config)
+  mesh = make_mesh()
+  model = initial_model(config, mesh.devices.flat[0].platform)
   model_config = models.config_to_dict(model.cfg)
   graphdef, params = nnx.split(model)
   params = nnx.to_pure_dict(params)
   per_epoch = steps_per_epoch(config)
   last = total_steps(config, per_epoch)
   loss_fn, frozen = objectives.build(config)
-  trainer = Trainer(graphdef, config.optim, loss_fn, per_epoch)
+  trainer = Trainer(graphdef, config.optim, loss_fn, per_epoch, mesh)
   state = trainer.init_state(params)
   data = pipeline.make_train_iterator(config.data, seed=config.data.seed)
   ckpts = checkpoint.TrainCheckpoints(fileio.join(workdir, "checkpoints"),
                                       keep=config.train.keep_checkpoints,
                                       async_save=config.train.async_checkpoints,
-                                      compare=_architecture, val_metric=config.train.val_metric)
+                                      compare=models.architecture, val_metric=config.train.val_metric)
   restored = ckpts.restore_latest(state.params, state.replace(params=None), model_config, data)
   if restored is not None:
     step, params, rest = restored

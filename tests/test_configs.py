@@ -16,6 +16,8 @@ from sapnet_jax.models import msnet, pdu
 def test_config_model_block(name, preset):
   config = importlib.import_module(f"configs.{name}").get_config()
   cfg = models.config_from_dict(config.model.to_dict())
+  assert cfg.impl == "auto"  # resolved by train/infer for their platform
+  cfg = models.resolve_impl(cfg, "tpu")
   assert cfg == preset
   model = nnx.eval_shape(lambda: models.build(cfg, nnx.Rngs(0)))
   assert isinstance(model, pdu.PDUNet)
@@ -25,7 +27,7 @@ def test_config_model_block(name, preset):
                                                         ("msnet_supervised", 0.0, "")])
 def test_msnet_configs(name, matching_weight, real):
   config = importlib.import_module(f"configs.{name}").get_config()
-  cfg = models.config_from_dict(config.model.to_dict())
+  cfg = models.resolve_impl(models.config_from_dict(config.model.to_dict()), "tpu")
   assert cfg == msnet.MSNET
   assert isinstance(nnx.eval_shape(lambda: models.build(cfg, nnx.Rngs(0))), msnet.MSNet)
   assert config.loss.matching_weight == matching_weight and config.data.real_dataset == real
@@ -108,7 +110,7 @@ def test_every_documented_command_loads_and_builds(path):
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=fv)
     fv(["main", f"--config={REPO / name}" + (f":{variant}" if variant else "")])
-    cfg = models.config_from_dict(fv.config.model.to_dict())
+    cfg = models.resolve_impl(models.config_from_dict(fv.config.model.to_dict()), "cpu")
     model = nnx.eval_shape(lambda: models.build(cfg, nnx.Rngs(0)))  # noqa: B023
     family = {"pdu": pdu.PDUNet, "msnet": msnet.MSNet}[fv.config.model.family]
     assert isinstance(model, family), f"{name}:{variant} built {type(model).__name__}"
@@ -119,7 +121,7 @@ def test_finetune_starts_from_the_shipped_official_weights(variant):
   import numpy as np
   from sapnet_jax import checkpoint, pretrained, train
   config = importlib.import_module("configs.finetune").get_config(variant)
-  got = checkpoint.flatten(checkpoint.params_dict(train.initial_model(config)))
+  got = checkpoint.flatten(checkpoint.params_dict(train.initial_model(config, "cpu")))
   want = checkpoint.flatten(checkpoint.params_dict(pretrained.load("sapnet-rain100h")))
   assert got.keys() == want.keys()
   for key in want:

@@ -21,17 +21,19 @@ OFFICIAL = {"sapnet": "weights/sapnet_official/net_latest.pth",
 TOL = 1e-4
 
 
-def _model(arch, scan):
+def _model(arch, scan, impl="reference"):
   if arch == "sapnet":  # shipped inside the package: runs without ../shared too
-    return pretrained.load("sapnet-rain100h", scan=scan)
-  return convert.load_pth(str(shared_path(OFFICIAL[arch])), scan=scan)
+    return pretrained.load("sapnet-rain100h", scan=scan, impl=impl)
+  return convert.load_pth(str(shared_path(OFFICIAL[arch])), scan=scan, impl=impl)
 
 
+@pytest.mark.parametrize("impl", ["reference", "cpu"])
 @pytest.mark.parametrize("scan", [False, True], ids=["loop", "scan"])
 @pytest.mark.parametrize("arch", ["sapnet", "prenet", "prn"])
-def test_parity_with_pytorch(arch, scan):
+def test_parity_with_pytorch(arch, scan, impl):
   fx = np.load(FIXTURES / f"pdu_{arch}.npz")
-  model = _model(arch, scan)
+  model = _model(arch, scan, impl)
+  assert model.cfg.impl == impl
   real = fx["real_uint8"].astype(np.float32)[None] / 255.0
   for inputs, stages in ((fx["random_input"], fx["random_stages"]), (real, fx["real_stages"])):
     y, ours = model(inputs, return_stages=True)

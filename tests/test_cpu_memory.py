@@ -12,7 +12,7 @@ SCRIPT = r"""
 import json, resource, sys
 import jax, jax.numpy as jnp
 from sapnet_jax import cpu_memory
-applied = cpu_memory.reuse_step_memory() if sys.argv[1] == "reuse" else None
+applied = cpu_memory.reuse_step_memory()[0] if sys.argv[1] == "reuse" else None
 # The gradient of three convolutions: XLA keeps their activations and gradients (17 MB each)
 # in one block of temporaries, above glibc's largest mmap threshold (32 MB).
 def loss(k, x):
@@ -55,3 +55,17 @@ def test_reused_memory_is_not_faulted_in_again():
     tries.append(_run("reuse"))
   assert tries[-1]["faults"] < plain["faults"] / 2, (tries, plain)
   assert reuse["async"] is False and plain["async"] is True
+
+
+@pytest.mark.parametrize("platforms,applies", [("cpu", True), ("cuda", False), ("tpu,cpu", False)])
+def test_applied_only_where_jax_computes_on_the_cpu_alone(platforms, applies):
+  code = ("import json, jax; from sapnet_jax import cpu_memory; "
+          "ok, why = cpu_memory.reuse_step_memory(); "
+          "print(json.dumps([ok, why, jax.config.read('jax_cpu_enable_async_dispatch')]))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "JAX_PLATFORMS": platforms})
+  ok, why, async_dispatch = json.loads(out.stdout.strip().splitlines()[-1])
+  if applies and not ok and "glibc" in why:
+    pytest.skip(why)
+  assert ok is applies and f"JAX_PLATFORMS={platforms}" in why, why
+  assert async_dispatch is not applies  # nothing changed where it was not applied

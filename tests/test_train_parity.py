@@ -9,6 +9,7 @@ We compute in float64 as well (model.dtype and the frozen VGG's dtype; parameter
 float32): -SSIM subtracts nearly equal numbers, so float32 gradients of either framework differ
 from the exact ones by up to ~1e-3 relative, which would say nothing about our code. In float64
 the issue's bound, 1e-4 relative (per tensor, max |a - b| / max |b|), holds with a wide margin.
+Both the reference kernel set and the CPU one (models/ops.py) are held to the same fixture.
 """
 
 import jax
@@ -33,13 +34,13 @@ def _ours(fx, prefix: str) -> dict[str, np.ndarray]:
   return checkpoint.flatten(checkpoint.params_dict(model))
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=["reference", "cpu"])
+def setup(request):
   weights = shared_path("weights/sapnet_official/net_latest.pth")
   vgg = shared_path("weights/vgg16_imagenet/vgg16_features_hwio.npz")
   fx = np.load(FIXTURE)
   with jax.enable_x64(True):
-    model = convert.load_pth(weights, dtype="float64")
+    model = convert.load_pth(weights, dtype="float64", impl=request.param)
     cfg = default.get_config().loss
     cfg.update(contrast="pcl", lpips_weight=0.0, seg_weight=0.0, vgg_weights=str(vgg),
                perceptual_dtype="float64")

@@ -113,7 +113,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
 def test_checkpoint_of_another_model_is_refused_naming_fields(tmp_path):
   t, state = _trainer()
   ckpts = checkpoint.TrainCheckpoints(str(tmp_path), async_save=False,
-                                      compare=train._architecture)
+                                      compare=models.architecture)
   _save(ckpts, 1, t, state)
   other = models.config_to_dict(pdu.PDUConfig(stages=2, channels=16, num_blocks=1, reduction=4))
   with pytest.raises(checkpoint.CheckpointError, match=r"channels: checkpoint 8, config 16"):
@@ -143,7 +143,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     out = {}
     for n in (1, 8):
       mesh = T.train.make_mesh(jax.devices()[:n])
-      t, state = T._trainer(mesh=mesh, cfg=T.dataclasses.replace(T.TINY, conv_wgrad=sys.argv[1]))
+      t, state = T._trainer(mesh=mesh, cfg=T.dataclasses.replace(T.TINY, impl=sys.argv[1]))
       losses = []
       for i in range(3):
         state, m = t(state, t.global_batch(T._batch(i, n=8)), None)
@@ -155,12 +155,12 @@ EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("wgrad", ["xla", "matmul"])
-def test_eight_fake_devices_match_one(wgrad):
+@pytest.mark.parametrize("impl", ["reference", "cpu", "gpu"])
+def test_eight_fake_devices_match_one(impl):
   """Data parallel over 8 CPU devices (batch split 8 ways) equals 1 device, 3 steps."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, wgrad], cwd=REPO, env=env,
+  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, impl], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,4 +1,8 @@
-"""The per-jit XLA options: Eigen convolutions on CPU, same results, nothing elsewhere."""
+"""The per-jit XLA options: on CPU, Eigen or XLA's default convolutions, whichever measured
+faster on this machine for the workload (cached per machine); nothing on other platforms."""
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -6,28 +10,72 @@ import numpy as np
 import pytest
 
 from sapnet_jax import xla_options
-from sapnet_jax.models import conv
+from sapnet_jax.models import ops
 
 
-def test_other_backends_get_no_options():
-  assert xla_options.compiler_options("gpu") == {}
-  assert xla_options.compiler_options("tpu") == {}
+def test_other_platforms_get_no_options():
+  assert xla_options.compiler_options("gpu", "train") == {}
+  assert xla_options.compiler_options("tpu", "infer") == {}
+
+
+def test_cpu_description_names_the_model_and_extensions():
+  cpu = xla_options.cpu_description()
+  assert cpu["model"] and cpu["cores"] >= 1
+  assert set(cpu["vector_extensions"]) <= set(xla_options._EXTENSIONS)
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      flags = set(f.read().split())
+    assert set(cpu["vector_extensions"]) == {e for e in xla_options._EXTENSIONS if e in flags}
+
+
+@pytest.mark.parametrize("forced,want", [("eigen", xla_options.CPU_OPTIONS), ("default", {})])
+def test_environment_choice_skips_the_measurement(monkeypatch, tmp_path, forced, want):
+  monkeypatch.setenv("SAPNET_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv(xla_options.ENV, forced)
+  assert xla_options.cpu_choice("train") == forced
+  assert xla_options.CHOICES[forced] == want
+  assert not (tmp_path / xla_options.CACHE_FILE).exists()
+  monkeypatch.setenv(xla_options.ENV, "mkl")
+  with pytest.raises(ValueError, match=xla_options.ENV):
+    xla_options.cpu_choice("train")
+  with pytest.raises(ValueError, match="workload"):
+    xla_options.cpu_choice("serve")
+
+
+def test_measured_once_per_machine_and_workload(monkeypatch, tmp_path):
+  monkeypatch.setenv("SAPNET_JAX_CACHE", str(tmp_path))
+  monkeypatch.delenv(xla_options.ENV, raising=False)
+  calls = []
+  real = xla_options.measure
+
+  def counted(workload, rounds=1):
+    calls.append(workload)
+    return real(workload, rounds=1)
+
+  monkeypatch.setattr(xla_options, "measure", counted)
+  first = xla_options.cpu_choice("infer")
+  assert first in xla_options.CHOICES and calls == ["infer"]
+  cache = json.loads((tmp_path / xla_options.CACHE_FILE).read_text())
+  (entry,) = cache.values()
+  assert entry["infer"] == first
+  assert min(entry["infer_seconds"], key=entry["infer_seconds"].get) == first
+  assert xla_options.cpu_choice("infer") == first and calls == ["infer"]  # from the cache
+  (tmp_path / xla_options.CACHE_FILE).write_text("{not json")  # damaged: measured again
+  assert xla_options.cpu_choice("infer") in xla_options.CHOICES and calls == ["infer", "infer"]
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU options")
-def test_cpu_options_compile_and_keep_results():
-  opts = xla_options.compiler_options()
-  assert opts in ({}, xla_options.CPU_OPTIONS)  # {} only for an XLA without the option
+def test_eigen_option_compiles_and_keeps_results():
+  if not xla_options._supported():
+    pytest.skip("this XLA does not know the option: no choice to make")
   x = jax.random.normal(jax.random.key(0), (2, 20, 24, 8))
   k = jax.random.normal(jax.random.key(1), (3, 3, 8, 8))
 
   def f(x, k):
-    return jax.grad(lambda k: jnp.sum(jnp.tanh(conv.conv3x3_xla(x, k, 2))))(k)
+    return jax.grad(lambda k: jnp.sum(jnp.tanh(ops.conv3x3(x, k, 2))))(k)
 
-  with_opts = jax.jit(f, compiler_options=opts)
+  eigen = jax.jit(f, compiler_options=xla_options.CPU_OPTIONS)
   if "__ynn_fusion" in jax.jit(f).lower(x, k).compile().as_text():
-    # This XLA fuses convolutions into YNNPACK by default: the probe must have found the option,
-    # and the option must remove those fusions.
-    assert opts == xla_options.CPU_OPTIONS
-    assert "__ynn_fusion" not in with_opts.lower(x, k).compile().as_text()
-  np.testing.assert_allclose(with_opts(x, k), jax.jit(f)(x, k), rtol=1e-5, atol=1e-5)
+    # This XLA fuses convolutions into YNNPACK by default: the option must remove those fusions.
+    assert "__ynn_fusion" not in eigen.lower(x, k).compile().as_text()
+  np.testing.assert_allclose(eigen(x, k), jax.jit(f)(x, k), rtol=1e-5, atol=1e-5)

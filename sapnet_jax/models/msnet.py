@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sapnet_jax.models.conv import WGRADS, Conv3x3
+from sapnet_jax.models import ops
+from sapnet_jax.models.conv import Conv3x3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +52,15 @@ class MSNetConfig:
   dtype: str = "float32"
   # Recompute each unit's activations in the backward pass instead of storing them.
   remat: bool = False
-  # Convolution weight gradients: "xla" or "matmul" (faster on CPU, see models/conv.py).
-  conv_wgrad: str = "xla"
+  # Kernel set computing the network (models/ops.py), as PDUConfig.impl.
+  impl: str = "reference"
 
   def __post_init__(self):
     for name in ("units", "scales", "cclb_depth", "channels", "feature_layers"):
       if getattr(self, name) < 1:
         raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-    if self.conv_wgrad not in WGRADS:
-      raise ValueError(f"model.conv_wgrad must be one of {WGRADS}, got {self.conv_wgrad!r}")
+    if self.impl not in ops.CHOICES:
+      raise ValueError(f"model.impl must be one of {ops.CHOICES}, got {self.impl!r}")
     if self.dtype not in ("float32", "bfloat16", "float64"):
       raise ValueError(
           f"model.dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}")
@@ -73,7 +74,7 @@ MSNET = MSNetConfig()
 
 
 def _conv(cfg: MSNetConfig, cin: int, cout: int, rngs: nnx.Rngs) -> Conv3x3:
-  return Conv3x3(cin, cout, 1, dtype=jnp.dtype(cfg.dtype), wgrad=cfg.conv_wgrad, rngs=rngs)
+  return Conv3x3(cin, cout, 1, dtype=jnp.dtype(cfg.dtype), ops=ops.kernels(cfg.impl), rngs=rngs)
 
 
 def _conv1x1(cfg: MSNetConfig, cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -175,19 +176,4 @@ class MSNet(nnx.Module):
     if return_features:
       return derained, feats.astype(out_dtype)
     return derained
-
-
-def count_params(model: nnx.Module) -> int:
-  return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-def expected_param_count(cfg: MSNetConfig) -> int:
-  """Parameters of `MSNet(cfg)` by formula (tests check the module against it)."""
-  c, u = cfg.channels, cfg.units
-  conv = lambda cin, cout: 9 * cin * cout + cout
-  linear = lambda cin, cout: cin * cout + cout
-  matching = conv(3, c) + (cfg.feature_layers - 1) * conv(c, c)
-  units = u * cfg.scales * cfg.cclb_depth * conv(c, c)
-  fuses = sum(linear((k + 1) * c, c) for k in range(1, u)) + linear((u + 1) * c, c)
-  return matching + units + fuses + conv(c, 3)
 

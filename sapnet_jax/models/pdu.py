@@ -1,6 +1,6 @@
 """Progressive recurrent de-raining networks: SAPNet, PReNet and PRN as one module family.
 
-One stage (SYSTEM.md §1), weights shared by all stages:
+One stage (paper §3.1, Fig. 2), weights shared by all stages:
 
     x = relu(conv0(concat[input, x]))                 # 6 -> C
     i, f, g, o = gates(concat[x, h])                  # ConvLSTM, if recurrent
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sapnet_jax.models.conv import WGRADS, Conv3x3, add_bias, channel_sum, materialize
+from sapnet_jax.models import ops
+from sapnet_jax.models.conv import Conv3x3
 
 Attention = Literal["cra", "ca", "se", "none"]
 ATTENTIONS = ("cra", "ca", "se", "none")
@@ -45,10 +46,9 @@ class PDUConfig:
   # Recompute each stage's activations in the backward pass instead of storing them: less
   # memory in training, about one more forward pass of compute.
   remat: bool = False
-  # How training computes convolution weight gradients: "xla" (XLA's own), "matmul" (nine
-  # matrix products per conv) or "auto" (what measured faster: matmul on GPU, else xla; see
-  # models/conv.py). Forward unaffected.
-  conv_wgrad: str = "auto"
+  # Kernel set computing the network (models/ops.py): "reference", "cpu", "gpu", or "auto",
+  # which the caller resolves for its platform before building (models.resolve_impl).
+  impl: str = "reference"
 
   def __post_init__(self):
     if self.attention not in ATTENTIONS:
@@ -59,8 +59,8 @@ class PDUConfig:
     if self.attention != "none" and self.channels // self.reduction < 1:
       raise ValueError(
           f"model.channels ({self.channels}) // model.reduction ({self.reduction}) must be >= 1")
-    if self.conv_wgrad not in WGRADS:
-      raise ValueError(f"model.conv_wgrad must be one of {WGRADS}, got {self.conv_wgrad!r}")
+    if self.impl not in ops.CHOICES:
+      raise ValueError(f"model.impl must be one of {ops.CHOICES}, got {self.impl!r}")
     if self.dtype not in ("float32", "bfloat16", "float64"):
       raise ValueError(f"model.dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}")
 
@@ -82,49 +82,8 @@ PRESETS = {"sapnet": SAPNET, "prenet": PRENET, "prn": PRN}
 
 
 def _conv(cfg: PDUConfig, cin: int, cout: int, dilation: int, rngs: nnx.Rngs) -> Conv3x3:
-  return Conv3x3(cin, cout, dilation, dtype=jnp.dtype(cfg.dtype), wgrad=cfg.conv_wgrad, rngs=rngs)
-
-
-@jax.custom_vjp
-def scale_channels(x: jax.Array, s: jax.Array) -> jax.Array:
-  """x (N, H, W, C) times s (N, C), with the gradient of s reduced by `channel_sum`: autodiff's
-  own reduction becomes a reduce-window that XLA:CPU runs slower."""
-  return x * s[:, None, None, :]
-
-
-def _scale_fwd(x, s):
-  return scale_channels(x, s), (x, s)
-
-
-def _scale_bwd(res, g):
-  x, s = res
-  return g * s[:, None, None, :], channel_sum(g * x, keep_batch=True).astype(s.dtype)
-
-
-scale_channels.defvjp(_scale_fwd, _scale_bwd)
-
-
-@jax.custom_vjp
-def stage_boundary(x: jax.Array) -> jax.Array:
-  """Identity that keeps `x` and its gradient as buffers of their own.
-
-  The ConvLSTM cell state is the only tensor carried from stage to stage by elementwise ops
-  alone, so XLA:CPU fuses its whole backward chain (dc_t = dc_{t+1} * f_{t+1} + ...) into each
-  stage's gradient fusions and recomputes it there: quadratic in the number of stages
-  (train step 6.75 -> 6.44 s on a 2-core CPU, 12 x 100x100).
-  """
-  return materialize(x)
-
-
-def _boundary_fwd(x):
-  return materialize(x), None
-
-
-def _boundary_bwd(_, g):
-  return (materialize(g),)
-
-
-stage_boundary.defvjp(_boundary_fwd, _boundary_bwd)
+  return Conv3x3(cin, cout, dilation, dtype=jnp.dtype(cfg.dtype), ops=ops.kernels(cfg.impl),
+                 rngs=rngs)
 
 
 class ChannelAttention(nnx.Module):
@@ -135,8 +94,9 @@ class ChannelAttention(nnx.Module):
   se:  sigmoid(W2 relu(W1 y))          (official SELayer, no biases)
   """
 
-  def __init__(self, kind: Attention, channels: int, reduction: int, dtype, rngs: nnx.Rngs):
-    self.kind = kind
+  def __init__(self, kind: Attention, channels: int, reduction: int, dtype, kernels: ops.Kernels,
+               rngs: nnx.Rngs):
+    self.kind, self.ops = kind, kernels
     hidden = channels // reduction
     bias = kind == "ca"
     self.down = nnx.Linear(channels, hidden, use_bias=bias, dtype=dtype, rngs=rngs)
@@ -144,19 +104,12 @@ class ChannelAttention(nnx.Module):
     self.residual = (nnx.Linear(channels, channels, use_bias=False, dtype=dtype, rngs=rngs)
                      if kind == "cra" else None)
 
-  def __call__(self, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-    """Attends x + bias (bias (C,), optional). The pool is taken of x and the bias added to the
-    pooled values, so that XLA reads x, a convolution's output, instead of writing x + bias
-    for the pool (train step 6.46 -> 6.33 s, alternated twice)."""
-    hw = x.shape[1] * x.shape[2]
-    y = (channel_sum(x, keep_batch=True) / hw).astype(x.dtype)
-    if bias is not None:
-      y = y + bias
-      x = add_bias(x, bias)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.ops.channel_mean(x)
     z = self.up(jax.nn.relu(self.down(y)))
     if self.residual is not None:
       z = z + self.residual(y)
-    return scale_channels(x, jax.nn.sigmoid(z))
+    return self.ops.scale_channels(x, jax.nn.sigmoid(z))
 
 
 class ResidualBlock(nnx.Module):
@@ -170,16 +123,14 @@ class ResidualBlock(nnx.Module):
     if cfg.attention == "none":
       self.att1 = self.att2 = None
     else:
-      self.att1 = ChannelAttention(cfg.attention, c, cfg.reduction, dtype, rngs)
-      self.att2 = ChannelAttention(cfg.attention, c, cfg.reduction, dtype, rngs)
+      kernels = ops.kernels(cfg.impl)
+      self.att1 = ChannelAttention(cfg.attention, c, cfg.reduction, dtype, kernels, rngs)
+      self.att2 = ChannelAttention(cfg.attention, c, cfg.reduction, dtype, kernels, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for conv, att in ((self.conv1, self.att1), (self.conv2, self.att2)):
-      if att is None:
-        x = conv(x)
-      else:  # the conv's bias goes to the attention, which pools the conv's output itself
-        x = att(conv(x, with_bias=False), conv.bias[...].astype(conv.dtype))
-      x = jax.nn.relu(x)
+      x = conv(x)
+      x = jax.nn.relu(x if att is None else att(x))
     return x
 
 
@@ -188,6 +139,7 @@ class PDUNet(nnx.Module):
 
   def __init__(self, cfg: PDUConfig = SAPNET, *, rngs: nnx.Rngs):
     self.cfg = cfg
+    self.ops = ops.kernels(cfg.impl)
     c = cfg.channels
     self.conv0 = _conv(cfg, 6, c, 1, rngs)
     # The four ConvLSTM gates (i, f, g, o) as one convolution: one 2C -> 4C conv runs faster
@@ -201,15 +153,14 @@ class PDUNet(nnx.Module):
       return self.gates(jnp.concatenate([x, h], axis=-1))
     # First stage: h = 0, so only the x half of the gate kernel contributes. Skipping the
     # other half saves 1/12 of all gate FLOPs (the gates are ~45% of the network's).
-    return self.gates(x, kernel=self.gates.kernel[:, :, : self.cfg.channels])
+    return self.gates.leading_inputs(x)
 
   def _stage(self, image, x, h, c, first=False):
     x = jax.nn.relu(self.conv0(jnp.concatenate([image, x], axis=-1)))
     if self.gates is not None:
       i, f, g, o = jnp.split(self._gates(x, h, first), 4, axis=-1)
       c = jax.nn.sigmoid(i) * jnp.tanh(g) + (0 if first else jax.nn.sigmoid(f) * c)
-      if jax.default_backend() == "cpu":  # measured there; a GPU conditional syncs with the host
-        c = stage_boundary(c)
+      c = self.ops.stage_boundary(c)  # the only state carried between stages elementwise
       h = jax.nn.sigmoid(o) * jnp.tanh(c)
       x = h
     for block in self.blocks:
@@ -247,6 +198,3 @@ class PDUNet(nnx.Module):
       return x.astype(out_dtype), stages.astype(out_dtype)
     return x.astype(out_dtype)
 
-
-def count_params(model: nnx.Module) -> int:
-  return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
