@@ -44,7 +44,7 @@ def accelerator_plugins() -> list[str]:
 def cpu_only() -> tuple[bool, str]:
   """Whether JAX will compute on the CPU alone in this process, and why we think so. Decided
   without starting JAX's backends (the setting must come before the CPU client starts)."""
-  platforms = os.environ.get("JAX_PLATFORMS") or jax.config.read("jax_platforms") or ""
+  platforms = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
   if platforms:
     return set(platforms.split(",")) == {"cpu"}, f"JAX_PLATFORMS={platforms}"
   plugins = accelerator_plugins()

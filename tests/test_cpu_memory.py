@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from sapnet_jax import cpu_memory
+
 SCRIPT = r"""
 import json, resource, sys
 import jax, jax.numpy as jnp
@@ -57,15 +59,23 @@ def test_reused_memory_is_not_faulted_in_again():
   assert reuse["async"] is False and plain["async"] is True
 
 
-@pytest.mark.parametrize("platforms,applies", [("cpu", True), ("cuda", False), ("tpu,cpu", False)])
+@pytest.mark.parametrize("platforms,applies", [("cpu", True), ("cuda", False), ("tpu,cpu", False),
+                                               ("", None)])
 def test_applied_only_where_jax_computes_on_the_cpu_alone(platforms, applies):
   code = ("import json, jax; from sapnet_jax import cpu_memory; "
           "ok, why = cpu_memory.reuse_step_memory(); "
           "print(json.dumps([ok, why, jax.config.read('jax_cpu_enable_async_dispatch')]))")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={**os.environ, "JAX_PLATFORMS": platforms})
+                       env={**env, "JAX_PLATFORMS": platforms} if platforms else env)
   ok, why, async_dispatch = json.loads(out.stdout.strip().splitlines()[-1])
   if applies and not ok and "glibc" in why:
     pytest.skip(why)
-  assert ok is applies and f"JAX_PLATFORMS={platforms}" in why, why
+  if not platforms:  # decided by the plugins installed
+    plugins = cpu_memory.accelerator_plugins()
+    applies = not plugins
+    assert ("no GPU or TPU plugin" in why) is applies, why
+  else:
+    assert f"JAX_PLATFORMS={platforms}" in why, why
+  assert ok is applies, why
   assert async_dispatch is not applies  # nothing changed where it was not applied
