@@ -14,6 +14,7 @@ fastest per pixel on a 2-core CPU and keep a 4000x3000 photo under 1 GB of peak 
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -60,10 +61,12 @@ class Derainer:
     if impl is not None:
       model = models.with_config(model, impl=ops.resolve(impl, platform))
     self.impl = model.cfg.impl
+    options = xla_options.compiler_options(platform, "infer")
+    logging.info("inference on %s: kernel set %r, compiler options %s", platform, self.impl,
+                 options or "XLA's defaults")
     graphdef, state = nnx.split(model)
     self._state = state
-    self._forward = jax.jit(functools.partial(_forward, graphdef),
-                            compiler_options=xla_options.compiler_options(platform, "infer"))
+    self._forward = jax.jit(functools.partial(_forward, graphdef), compiler_options=options)
 
   def update(self, params: dict) -> None:
     """Swaps in new weights of the same structure (training's validation), with no recompile."""
