@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from sapnet_jax import losses
+from sapnet_jax import loss_networks, losses
 
 VARIANTS = {"fp32": dict(perceptual_dtype="float32", remat=False),
             "bf16": dict(perceptual_dtype="bfloat16", remat=False),
@@ -62,7 +62,7 @@ def main() -> None:
                       lpips_weights=str(w / "lpips/alex_v0.1.pth")))
       cfg.update(VARIANTS[variant])
       cfg.update(ONLY[term])
-      frozen = losses.build_frozen_nets(cfg)
+      frozen = loss_networks.build_frozen_nets(cfg)
 
       @jax.jit
       def step(frozen, d):

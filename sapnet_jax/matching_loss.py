@@ -23,7 +23,6 @@ ssim_weight·(−SSIM, `losses.ssim_loss`) + l1_weight·L1, both weights from th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -87,14 +86,6 @@ def matching_loss(feat_syn: jax.Array, feat_real: jax.Array, *, squared: bool = 
   return l_mean + l_cov, {"mean": l_mean, "cov": l_cov}
 
 
-def _weight(cfg: Any, name: str) -> float:
-  """A weight from a ConfigDict, dataclass or mapping; a missing one is an error naming it."""
-  value = cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
-  if value is None:
-    raise ValueError(f"loss.{name} is missing from the loss config")
-  return float(value)
-
-
 def supervised_loss(derained: jax.Array, clean: jax.Array,
                     cfg: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
   """cfg.ssim_weight·(−SSIM) + cfg.l1_weight·L1 on the labelled (synthetic) pairs.
@@ -109,5 +100,6 @@ def supervised_loss(derained: jax.Array, clean: jax.Array,
   neg_ssim = losses.ssim_loss(derained, clean)
   dtype = jnp.promote_types(derained.dtype, jnp.float32)
   l1 = jnp.mean(jnp.abs(derained.astype(dtype) - clean.astype(dtype)))
-  total = _weight(cfg, "ssim_weight") * neg_ssim + _weight(cfg, "l1_weight") * l1
+  weight = {k: float(losses.field(cfg, k)) for k in ("ssim_weight", "l1_weight")}
+  total = weight["ssim_weight"] * neg_ssim + weight["l1_weight"] * l1
   return total, {"ssim": neg_ssim, "l1": l1}

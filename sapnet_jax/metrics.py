@@ -1,7 +1,6 @@
 """Full-reference image metrics in each convention the de-raining literature uses.
 
-Every function is JAX (SSIM through dm-pix), batched over leading axes (..., H, W, C) and
-jit-able; it computes in the dtype of its inputs, so callers that need the conventions' float64
+Every function is JAX, batched over leading axes (..., H, W, C) and jit-able; it computes in the dtype of its inputs, so callers that need the conventions' float64
 pass float64 arrays under `jax.enable_x64(True)` (`score_pair` does). Papers' numbers differ by
 1-2 dB between conventions, so reports name theirs (docs/results.md lists all three):
 
@@ -21,9 +20,9 @@ Greyscale images (C = 1) are their own Y channel.
 
 from __future__ import annotations
 
+import functools
 import math
 
-import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +33,10 @@ KEYS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y", "psnr_y_matlab", "ssim_y_mat
 HIGHER_IS_BETTER = ("psnr", "ssim")
 LOWER_IS_BETTER = ("niqe", "brisque", "lpips")
 _WINDOW, _SIGMA = 11, 1.5
+PADDINGS = ("valid", "same")
+# Axes up to _ONE_BAND pixels are blurred by one banded matrix; longer ones in tiles of _TILE
+# outputs, so the cost stays linear in the side (docs/benchmarks.md, SSIM).
+_ONE_BAND, _TILE = 256, 64
 
 
 def higher_is_better(name: str) -> bool:
@@ -51,20 +54,62 @@ def psnr(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> jax.Array:
   return 10.0 * jnp.log10(data_range**2 / mse)
 
 
-def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> jax.Array:
-  """Mean SSIM per image: 11x11 Gaussian (sigma 1.5) window, valid region, channels averaged.
+def gaussian_taps(window: int = _WINDOW, sigma: float = _SIGMA) -> np.ndarray:
+  """The normalised 1-d Gaussian of SSIM's window (float64); the 2-d window is outer(g, g)."""
+  x = np.arange(window, dtype=np.float64) - (window - 1) / 2
+  taps = np.exp(-(x**2) / (2 * sigma**2))
+  return taps / taps.sum()
 
-  dm-pix's SSIM is this convention (scikit-image's, to rounding) and quicker than our own sums
-  of shifted slices were (docs/benchmarks.md); it takes only (N, H, W, C), hence the reshape.
+
+def _band(n_in: int, pad: int, taps: np.ndarray) -> np.ndarray:
+  """B with (v @ B)[j] = sum_t taps[t] v[j + t - pad], zero outside v: (n_in, n_out)."""
+  k = len(taps)
+  t = np.arange(n_in)[:, None] - np.arange(n_in + 2 * pad - k + 1)[None] + pad
+  return np.where((t >= 0) & (t < k), taps[np.clip(t, 0, k - 1)], 0.0)
+
+
+def _blur_last(x: jax.Array, taps: np.ndarray, pad: int) -> jax.Array:
+  """Correlation of the last axis with `taps`, zero-padded by `pad` each side, as products with
+  a banded matrix: on a CPU an order of magnitude quicker than shifted-slice sums or XLA's
+  depthwise convolutions, with gradients (docs/benchmarks.md, SSIM loss)."""
+  # HIGHEST: float32 products on GPU/TPU too (their default may round operands to TF32/bf16).
+  matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+  k, n_in = len(taps), x.shape[-1]
+  n_out = n_in + 2 * pad - k + 1
+  if n_in <= _ONE_BAND:
+    return matmul(x, jnp.asarray(_band(n_in, pad, taps), x.dtype))
+  # Tiles: output j*T..j*T+T-1 needs inputs j*T..j*T+T+k-2 (the tile and the next k-1).
+  tiles = -(-n_out // _TILE)
+  xp = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, (tiles + 1) * _TILE - n_in - pad)])
+  rows = x.shape[:-1] + (tiles, _TILE)
+  windows = jnp.concatenate([xp[..., :tiles * _TILE].reshape(rows),
+                             xp[..., _TILE:].reshape(rows)[..., :k - 1]], axis=-1)
+  out = matmul(windows, jnp.asarray(_band(_TILE + k - 1, 0, taps), x.dtype))
+  return out.reshape(x.shape[:-1] + (tiles * _TILE,))[..., :n_out]
+
+
+def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0,
+         padding: str = "valid") -> jax.Array:
+  """Mean SSIM per image: 11x11 Gaussian (sigma 1.5) window, channels averaged.
+
+  "valid": over the region the window fits in (scikit-image's convention, the metrics');
+  "same": every pixel, the images zero-padded (PReNet's SSIM.py, the training loss).
   """
-  if min(x.shape[-3], x.shape[-2]) < _WINDOW:
+  if padding not in PADDINGS:
+    raise ValueError(f"SSIM padding must be one of {PADDINGS}, got {padding!r}")
+  if padding == "valid" and min(x.shape[-3], x.shape[-2]) < _WINDOW:
     raise ValueError(f"SSIM needs images of at least {_WINDOW}x{_WINDOW} pixels, got "
                      f"{x.shape[-3]}x{x.shape[-2]}")
-  lead = x.shape[:-3]
-  flat = lambda a: a.reshape((-1,) + a.shape[-3:])  # noqa: E731
-  out = dm_pix.ssim(flat(x), flat(y), max_val=data_range, filter_size=_WINDOW,
-                    filter_sigma=_SIGMA)
-  return out.reshape(lead).astype(x.dtype)  # its float64 taps would promote float32 under x64
+  taps, pad = gaussian_taps(), (_WINDOW // 2 if padding == "same" else 0)
+  x, y = (jnp.moveaxis(a, -1, -3) for a in (x, y))  # (..., C, H, W): blur the last axes
+  maps = jnp.concatenate([x, y, x * x, y * y, x * y], axis=-3)
+  maps = _blur_last(jnp.swapaxes(_blur_last(maps, taps, pad), -1, -2), taps, pad)
+  # (..., 5C, W, H) now: left so, as only means over the last three axes follow.
+  mu1, mu2, e11, e22, e12 = jnp.split(maps, 5, axis=-3)
+  s11, s22, s12 = e11 - mu1 * mu1, e22 - mu2 * mu2, e12 - mu1 * mu2
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+  ssim_map = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 * mu1 + mu2 * mu2 + c1) * (s11 + s22 + c2))
+  return jnp.mean(ssim_map, axis=(-3, -2, -1))
 
 
 def rgb_to_y(x: jax.Array) -> jax.Array:

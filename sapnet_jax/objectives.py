@@ -13,7 +13,7 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
-from sapnet_jax import losses, matching_loss
+from sapnet_jax import loss_networks, losses, matching_loss
 
 
 def build(config: Any) -> tuple[Callable, Any]:
@@ -27,7 +27,7 @@ def build(config: Any) -> tuple[Callable, Any]:
 
 def _pdu_objective(loss_cfg: Any) -> tuple[Callable, Any]:
   """SAPNet/PReNet: -SSIM plus the perceptual, LPIPS and segmentation terms of config.loss."""
-  graphdef, frozen = nnx.split(losses.build_frozen_nets(loss_cfg))
+  graphdef, frozen = nnx.split(loss_networks.build_frozen_nets(loss_cfg))
 
   def loss_fn(model: nnx.Module, frozen_state: Any, batch: dict, epoch: jax.Array):
     derained = model(batch["rainy"])
@@ -56,6 +56,6 @@ def _msnet_objective(loss_cfg: Any, has_real: bool) -> Callable:
           cov_norm=str(loss_cfg.matching_cov_norm))
       total = total + weight * match
       terms = {**terms, "match_mean": parts["mean"], "match_cov": parts["cov"]}
-    return total, {**terms, "total": total}
+    return total, terms
 
   return loss_fn
