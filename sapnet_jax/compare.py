@@ -3,7 +3,7 @@
     python -m sapnet_jax.compare --model semi=W1/checkpoints --model supervised=W2/checkpoints \
         --model sapnet=sapnet-rain100h --rainy ../shared/data/real_rainy --out OUT [--clean DIR]
 
-Each model is scored by sapnet_jax.evaluate (NIQE/BRISQUE without --clean, the full-reference
+Each model is scored by sapnet_jax.evaluation (NIQE/BRISQUE without --clean, the full-reference
 conventions with it) into OUT/<label>/metrics.{json,csv} with its de-rained images in
 OUT/<label>/outputs/. OUT/comparison.json and OUT/comparison.md hold every model's means;
 OUT/grid.png has one row per shown image: rainy | each model | clean (if given), labelled.
@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sapnet_jax import evaluate, fileio, infer, pretrained
+from sapnet_jax import evaluation, fileio, infer, pretrained
 from sapnet_jax.data import imageio
 from sapnet_jax.fileio import atomic_write
 
@@ -42,7 +42,7 @@ def parse_model(spec: str) -> tuple[str, str]:
 
 
 def markdown_table(means: dict[str, dict[str, float]]) -> str:
-  keys = [k for k in evaluate.CONVENTIONS if any(k in m for m in means.values())]
+  keys = [k for k in evaluation.CONVENTIONS if any(k in m for m in means.values())]
   head = ["model", *(f"{k} {'↓' if k in LOWER_IS_BETTER else '↑'}" for k in keys)]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for label, m in means.items():
@@ -75,26 +75,27 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
   labels = [label for label, _ in models]
   if len(set(labels)) != len(labels):
     raise ValueError(f"--model labels must differ: {labels}")
-  loaders, problems = evaluate.folder_samples(rainy_dir, clean_dir)
-  evaluate.check_problems(problems, skip_bad=False)
+  loaders, problems = evaluation.folder_samples(rainy_dir, clean_dir)
+  evaluation.check_problems(problems, skip_bad=False)
   names = list(images) or sorted(fileio.basename(p) for p in imageio.list_images(rainy_dir))[:count]
   means, thumbs = {}, {}
   for label, weights in models:
-    grid = evaluate.GridCollector(len(names), names)
+    grid = evaluation.GridCollector(len(names), names)
     derainer = infer.Derainer(pretrained.load(weights))
-    reports = evaluate.Reports(fileio.join(out, label, "metrics.json"),
-                               fileio.join(out, label, "metrics.csv"),
-                               {"model": label, "weights": weights, "rainy": rainy_dir,
-                                "clean": clean_dir, "quantize": "round", "crop_border": 0})
-    summary = evaluate.score_samples(derainer, loaders, reports, tile=tile, overlap=overlap,
-                                     outputs_dir=fileio.join(out, label, "outputs"),
-                                     grid=grid, progress=progress)
+    reports = evaluation.Reports(fileio.join(out, label, "metrics.json"),
+                                 fileio.join(out, label, "metrics.csv"),
+                                 {"model": label, "weights": weights, "rainy": rainy_dir,
+                                  "clean": clean_dir, "quantize": "round", "crop_border": 0})
+    summary = evaluation.score_samples(derainer, loaders, reports, tile=tile, overlap=overlap,
+                                       outputs_dir=fileio.join(out, label, "outputs"),
+                                       grid=grid, progress=progress)
     means[label], thumbs[label] = summary["means"], grid.thumbnails()
-    print(f"[{label}] {weights}\n{evaluate.format_table(summary)}")
+    print(f"[{label}] {weights}\n{evaluation.format_table(summary)}")
   with atomic_write(fileio.join(out, "comparison.json")) as f:
     f.write(json.dumps({"rainy": rainy_dir, "clean": clean_dir,
                         "models": dict(models), "means": means,
-                        "conventions": {k: evaluate.CONVENTIONS[k] for k in next(iter(means.values()))}},
+                        "conventions": {k: evaluation.CONVENTIONS[k]
+                                        for k in next(iter(means.values()))}},
                        indent=1).encode())
   with atomic_write(fileio.join(out, "comparison.md")) as f:
     f.write(markdown_table(means).encode())

@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sapnet_jax import cpu_memory, evaluate, train
+from sapnet_jax import cpu_memory, evaluation, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory of the experiment's checkpoints and reports.")
@@ -49,7 +49,7 @@ def main(argv):
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif jax.process_index() == 0:  # scoring is one process's work; the others have none
-    evaluate.evaluate_workdir(FLAGS.config, FLAGS.workdir)
+    evaluation.evaluate_workdir(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from sapnet_jax import (checkpoint, evaluate, fileio, infer, metrics, models, objectives,
+from sapnet_jax import (checkpoint, evaluation, fileio, infer, metrics, models, objectives,
                         pretrained, summaries, xla_options)
 from sapnet_jax.data import imageio
 
 GRAD_TERM = "gradients"
 # (model, frozen nets, batch, epoch) -> (scalar to minimise, {term name: scalar}); see objectives.
+# The step logs the scalar as "total" beside the terms: no loss function adds it itself.
 LossFn = Callable[[nnx.Module, Any, dict, jax.Array], tuple[jax.Array, dict]]
 
 
@@ -61,9 +62,10 @@ def make_schedule(optim: Any, steps_per_epoch: int) -> optax.Schedule:
   return optax.piecewise_constant_schedule(optim.lr, boundaries)
 
 
-def make_optimizer(optim: Any, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam (PyTorch's defaults), optional global-norm clipping and gradient accumulation."""
-  tx = optax.adam(make_schedule(optim, steps_per_epoch), b1=optim.b1, b2=optim.b2, eps=optim.eps)
+def make_optimizer(optim: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Adam (PyTorch's defaults) at `schedule` (make_schedule), optional global-norm clipping and
+  gradient accumulation."""
+  tx = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
   if optim.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
   if optim.grad_accum_steps > 1:
@@ -90,8 +92,8 @@ class Trainer:
                mesh: jax.sharding.Mesh | None = None):
     self.graphdef, self.loss_fn, self.optim = graphdef, loss_fn, optim
     self.steps_per_epoch = steps_per_epoch
-    self.tx = make_optimizer(optim, steps_per_epoch)
     self.schedule = make_schedule(optim, steps_per_epoch)
+    self.tx = make_optimizer(optim, self.schedule)
     self.mesh = mesh or make_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
@@ -198,7 +200,7 @@ def _host_params(params: Any) -> Any:
 
 
 class Validator:
-  """Periodic validation through the evaluation code (sapnet_jax.evaluate), on process 0."""
+  """Periodic validation through the evaluation code (sapnet_jax.evaluation), on process 0."""
 
   def __init__(self, config: Any, graphdef: Any, params: Any, workdir: str):
     self.config, self.workdir = config, workdir
@@ -214,8 +216,8 @@ class Validator:
     self.derainer.update(_host_params(params))
     data_dir = self.config.data.get("data_dir")
     out = fileio.join(self.workdir, "eval", f"step_{step}")
-    results = evaluate.evaluate_sets(self.derainer, self.config.eval, out, {"step": step},
-                                     data_dir, progress=False)
+    results = evaluation.evaluate_sets(self.derainer, self.config.eval, out, {"step": step},
+                                       data_dir, progress=False)
     for name, summary in results.items():
       writer.scalars(step, summary["means"], prefix=f"val/{name}")
       grid = fileio.join(out, name, "grid.png")

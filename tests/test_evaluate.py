@@ -11,7 +11,7 @@ from flax import nnx
 from PIL import Image
 
 from conftest import REPO, shared_path
-from sapnet_jax import checkpoint, evaluate, infer, metrics
+from sapnet_jax import checkpoint, evaluate, evaluation, infer, metrics
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import pdu
 
@@ -140,14 +140,14 @@ def test_noref_reports_niqe_and_brisque(tmp_path, capsys):
   assert _run_noref(folder, tmp_path) == 0
   report = json.loads((tmp_path / "r.json").read_text())
   assert report["complete"] and report["count"] == 2 and not report["skipped"]
-  assert set(report["means"]) == set(evaluate.NOREF_KEYS) == set(report["conventions"])
+  assert set(report["means"]) == set(evaluation.NOREF_KEYS) == set(report["conventions"])
   for row in report["images"]:
     image = read_image(folder / row["name"])
     # identity + rounding to 8 bits reproduces the input, so every value is that of the file.
     assert row["niqe"] == noref_metrics.niqe(image) == row["niqe_input"]
     assert row["brisque"] == noref_metrics.brisque(image) == row["brisque_input"]
   assert report["images"][0]["niqe"] != report["images"][1]["niqe"]
-  for k in evaluate.NOREF_KEYS:
+  for k in evaluation.NOREF_KEYS:
     assert report["means"][k] == pytest.approx(np.mean([r[k] for r in report["images"]]))
   rows = list(csv.DictReader(open(tmp_path / "r.csv")))
   assert [r["name"] for r in rows] == ["photo-0.png", "photo-1.png"]
@@ -197,9 +197,9 @@ def test_eval_step_selection(tmp_path):
   config.eval.sets.rain100h.rainy, config.eval.sets.rain100h.clean = str(rainy), str(clean)
   config.eval.step = 4
   with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint at step 4; available steps: \[3\]"):
-    evaluate.evaluate_workdir(config, str(workdir))
+    evaluation.evaluate_workdir(config, str(workdir))
   config.eval.step = 3
-  assert evaluate.evaluate_workdir(config, str(workdir))["rain100h"]["count"] == 4
+  assert evaluation.evaluate_workdir(config, str(workdir))["rain100h"]["count"] == 4
 
 
 def test_official_weights_on_rain100h_subset(tmp_path):

@@ -14,7 +14,8 @@ from flax import nnx
 from PIL import Image
 
 from conftest import FIXTURES, REPO, shared_path
-from sapnet_jax import checkpoint, compare, convert, derain, evaluate, fileio, infer, pretrained
+from sapnet_jax import (checkpoint, compare, convert, derain, evaluate, evaluation, fileio, infer,
+                        pretrained)
 from sapnet_jax.data import imageio, pairs
 from sapnet_jax.models import pdu
 from sapnet_jax.pth import PthError, load_safetensors, load_state_dict
@@ -214,7 +215,7 @@ def test_evaluate_workdir_in_a_bucket(tmp_path, gcs_bucket):
   config.eval.sets.rain100h.rainy = fileio.join(remote, "rainy")
   config.eval.sets.rain100h.clean = fileio.join(remote, "clean")
   config.eval.tile = 0
-  results = evaluate.evaluate_workdir(config, workdir)
+  results = evaluation.evaluate_workdir(config, workdir)
   out = f"{workdir}/eval/step_5/rain100h"
   assert fileio.listdir(out) == ["grid.png", "metrics.csv", "metrics.json"]
   report = json.loads(fileio.read_text(f"{out}/metrics.json"))
@@ -223,7 +224,7 @@ def test_evaluate_workdir_in_a_bucket(tmp_path, gcs_bucket):
   ev = config.eval
   ev.sets.rain100h.rainy, ev.sets.rain100h.clean = str(tmp_path / "data" / "rainy"), \
       str(tmp_path / "data" / "clean")
-  local = evaluate.evaluate_sets(infer.Derainer(model), ev, str(tmp_path / "eval"), {})
+  local = evaluation.evaluate_sets(infer.Derainer(model), ev, str(tmp_path / "eval"), {})
   assert local["rain100h"]["means"] == report["means"]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_DEMO
-from sapnet_jax import checkpoint, evaluate, summaries, train
+from sapnet_jax import checkpoint, evaluation, summaries, train
 from configs import demo
 
 
@@ -62,7 +62,7 @@ def test_run_logs_validates_checkpoints_and_resumes(data_dir, tmp_path):
   steps = [r["step"] for r in summaries.read_jsonl(work) if "train/total" in r]
   assert steps == [2, 4, 6]
   # main --mode=eval scores the latest checkpoint with the same reports.
-  out = evaluate.evaluate_workdir(_config(data_dir, **{"train.num_steps": 6}), work)
+  out = evaluation.evaluate_workdir(_config(data_dir, **{"train.num_steps": 6}), work)
   assert out["synthetic_val"]["count"] == 3
   assert os.path.exists(os.path.join(work, "eval", "step_6", "synthetic_val", "metrics.csv"))
 

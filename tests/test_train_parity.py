@@ -19,7 +19,7 @@ import pytest
 from flax import nnx
 
 from conftest import FIXTURES, shared_path
-from sapnet_jax import checkpoint, convert, losses, train
+from sapnet_jax import checkpoint, convert, loss_networks, losses, train
 from sapnet_jax.models import pdu
 from configs import default
 
@@ -44,7 +44,7 @@ def setup(request):
     cfg = default.get_config().loss
     cfg.update(contrast="pcl", lpips_weight=0.0, seg_weight=0.0, vgg_weights=str(vgg),
                perceptual_dtype="float64")
-    frozen = losses.build_frozen_nets(cfg)
+    frozen = loss_networks.build_frozen_nets(cfg)
     graphdef, params = nnx.split(model)
     params = nnx.to_pure_dict(params)
     rainy, clean = (jax.numpy.asarray(fx[k], jax.numpy.float64) for k in ("rainy", "clean"))
@@ -78,7 +78,8 @@ def test_one_adam_step_matches_torch(setup):
   """Fed the fixture's own -SSIM gradients (float32, as torch got them): only Adam is compared."""
   fx, params, _ = setup
   grads = checkpoint.unflatten(_ours(fx, "ssim_grad/"))
-  tx = train.make_optimizer(default.get_config().optim, steps_per_epoch=100)
+  optim = default.get_config().optim
+  tx = train.make_optimizer(optim, train.make_schedule(optim, steps_per_epoch=100))
   updates, _ = tx.update(grads, tx.init(params), params)
   new = checkpoint.flatten(optax.apply_updates(params, updates))
   ref = _ours(fx, "adam/")
