@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from sapnet_jax.data import demo, imageio, prepare, synth
+from sapnet_jax.data import demo, imageio, prepare, synth, synthetic_rain
 
 CLEAN = np.random.default_rng(1).random((64, 80, 3)).astype(np.float32) * 0.8
 
@@ -19,14 +19,14 @@ def _orientation(image):
 
 def _check_demo_rain(record):
   """What the demo promises of a shipped pair: the rainy image is synth.add_rain of the stored
-  clean one with the pair's own seed and style (`demo.pair_seed`, DRAW_STYLES, no veil), and it
-  looks like it: grey streaks screen-blended over the photo, falling the way synth drew them.
-  The last two hold without synth's code, so a broken synthesizer fails here too."""
+  clean one with the pair's own seed and style (`synthetic_rain.pair_seed`, DRAW_STYLES, no
+  veil), and it looks like it: grey streaks screen-blended over the photo, falling the way synth
+  drew them. The last two hold without synth's code, so a broken synthesizer fails here too."""
   name = record["name"].decode() if isinstance(record["name"], bytes) else str(record["name"])
-  item = {i.name: i for s in demo.demo_items(None).values() for i in s}[name]
-  style = demo.DRAW_STYLES[item.draw % len(demo.DRAW_STYLES)]
-  want, params = synth.add_rain(record["clean"], demo.pair_seed(demo.SEED, item.source, item.draw),
-                                style)
+  item = {i.name: i for s in synthetic_rain.demo_items(None).values() for i in s}[name]
+  style = synthetic_rain.DRAW_STYLES[item.draw % len(synthetic_rain.DRAW_STYLES)]
+  seed = synthetic_rain.pair_seed(synthetic_rain.SEED, item.source, item.draw)
+  want, params = synth.add_rain(record["clean"], seed, style)
   np.testing.assert_array_equal(record["rainy"], imageio.to_uint8(want), err_msg=name)
   assert params.haze == 0.0, name
   clean, diff = record["clean"].astype(float), record["rainy"].astype(float) - record["clean"]
@@ -51,12 +51,12 @@ def test_demo_items_hold_out_whole_scenes(tmp_path):
   for n in range(12):
     imageio.write_png(tmp_path / f"p{n:02d}.png", CLEAN)
   for clean_dir in (None, str(tmp_path)):
-    items = demo.demo_items(clean_dir)
+    items = synthetic_rain.demo_items(clean_dir)
     train = {i.source for i in items["train"]}
     held = {i.source for i in items["validation"]}
     assert train and held and not train & held
     assert "shipped/chelsea.jpg" in held
-  items = demo.demo_items(str(tmp_path))
+  items = synthetic_rain.demo_items(str(tmp_path))
   assert {i.source for i in items["validation"]} == {"shipped/chelsea.jpg", "p09.png"}
   assert len(items["train"]) == 2 * (3 + 11) and len(items["validation"]) == 2
 
@@ -85,8 +85,8 @@ def test_rain100h_configs_draw_the_same_scenes_with_rain100h_rain(tmp_path):
   b = prepare.build("synthetic_rain/shipped_rain100h", data_dir=str(tmp_path))
   assert b.info.splits["train"].num_examples == 48
   source = b.as_data_source("validation")
-  assert [source[i]["name"].decode() for i in range(3)] == [i.name for i in
-                                                   demo.demo_items(None)["validation"]]
+  assert [source[i]["name"].decode() for i in range(3)] == [
+      i.name for i in synthetic_rain.demo_items(None)["validation"]]
   train = b.as_data_source("train")
   medians = []
   for i in range(len(train)):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from sapnet_jax.data import imageio, synth
+from sapnet_jax.data import demo, imageio, synth
 
 CLEAN = np.random.default_rng(1).random((64, 80, 3)).astype(np.float32) * 0.8
 
@@ -105,14 +105,14 @@ def test_grid_cli_draws_the_chosen_style(tmp_path):
   grids = {}
   for style in ("light", "rain100h"):
     out = tmp_path / f"{style}.png"
-    assert synth.main(["--grid", str(out), "--count", "2", "--cell", "64", "--style", style]) == 0
+    assert demo.main(["--grid", str(out), "--count", "2", "--cell", "64", "--style", style]) == 0
     grids[style] = np.asarray(Image.open(out).convert("RGB"), np.float32)
     assert grids[style].shape == (64 + 8, 2 * (2 * 64 + 12), 3)
   # Left cell rainy, right cell clean: Rain100H's dense rain brightens far more than light rain.
   gain = {k: g[4:68, 4:68].mean() - g[4:68, 72:136].mean() for k, g in grids.items()}
   assert gain["rain100h"] > gain["light"] + 10, gain
   with pytest.raises(SystemExit):
-    synth.main(["--grid", str(tmp_path / "x.png"), "--style", "drizzle"])
+    demo.main(["--grid", str(tmp_path / "x.png"), "--style", "drizzle"])
 
 
 def test_bad_inputs_are_named():
@@ -136,7 +136,7 @@ def test_grid_lays_out_pairs():
   # of its own image at full resolution, rainy left of clean; the empty fourth slot stays white.
   rng = np.random.default_rng(7)
   pairs = [(rng.random((20, 24, 3)), rng.random((20, 24, 3))) for _ in range(3)]
-  out = synth.grid(pairs, cell=16, gap=2)
+  out = demo.grid(pairs, cell=16, gap=2)
   assert out.dtype == np.uint8
   assert out.shape == (2 * (16 + 2) + 2, 2 * 2 * 16 + 5 * 2 + 2, 3)
   for i, (rainy, clean) in enumerate(pairs):

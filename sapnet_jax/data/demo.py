@@ -1,69 +1,28 @@
-"""The embedded demo dataset: synthetic rain over clean photos that ship with the package.
+"""The embedded demo dataset, for people: build it, or draw a grid of its pairs.
 
-Nobody can download the de-raining benchmarks from a script, so the demo and the tests train
-on pairs made here. The TFDS builder `synthetic_rain` has these configs:
-
-  shipped  the four photos in `sapnet_jax/data/demo_images/` (public domain / CC0, from
-           scikit-image's bundled data; see the README there). train: astronaut, coffee and
-           rocket, 16 rain draws each = 48 pairs; validation: chelsea, 3 draws = 3 pairs.
-           Needs nothing but the package.
-  pool     the shipped photos plus every image in MANUAL_DIR (e.g. the project's
-           `shared/data/clean_pool`, 150 photos). validation: chelsea and every 10th MANUAL_DIR
-           image by name (1 draw each); train: all others (2 draws each).
-  shipped_rain100h, pool_rain100h
-           the same pairs with rain drawn like Rain100H's (`synth.RAIN100H`), closer to what
-           the released weights were trained on (configs/finetune.py; docs/fidelity.md).
-
-Validation scenes never appear in training (held out by image, not by draw). Every pair's
-seed is derived from the image name and draw number (`pair_seed`), so a build gives the same
-pairs every time, whatever the order or the other images. Draws cycle through the default,
-heavy and light rain styles of `synth.py`, without their veil (rain streaks only), except in
-the *_rain100h configs.
+The dataset itself (the TFDS builder `synthetic_rain`, its configs and how pairs are drawn) is
+in synthetic_rain.py; the rain synthesizer in synth.py.
 
     spec = demo.build_demo(data_dir)                       # or build_demo(data_dir, clean_dir)
     config.data.dataset = spec.name                        # "synthetic_rain/shipped"
     config.data.eval_datasets = f"{spec.name}:validation"
+
+`python -m sapnet_jax.data.demo --grid docs/images/synthetic_rain.png` draws the README grid
+(`--style rain100h` the rain of the fine-tuning pairs).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import os
-import zlib
+import sys
+from typing import Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
+from PIL import Image
 
-from sapnet_jax.data import builders, imageio, synth
-from sapnet_jax.data.pairs import LayoutError
-
-IMAGES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_images")
-SHIPPED = ("astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg")
-SHIPPED_HELD_OUT = ("chelsea.jpg",)
-# Streaks without the veil (synth.py still draws veils): three photos do not teach the small
-# demo network to undo a global veil, while it learns streaks (docs/fidelity.md, Training).
-DRAW_STYLES = tuple(dataclasses.replace(s, haze_probability=0.0)
-                    for s in (synth.RainStyle(), synth.HEAVY, synth.LIGHT))
-SEED = 20220104  # fixed: the dataset is part of the package, not of an experiment
-
-
-@dataclasses.dataclass(eq=False)
-class SyntheticRainConfig(tfds.core.BuilderConfig):
-  """A `synthetic_rain` config: which clean photos (shipped only, or plus MANUAL_DIR) and the
-  rain styles its draws cycle through."""
-
-  pool: bool = False
-  styles: tuple[synth.RainStyle, ...] = DRAW_STYLES
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoItem:
-  """One pair to synthesize: a clean photo, its source name, the record name, the rain draw."""
-
-  clean: str
-  source: str
-  name: str
-  draw: int
+from sapnet_jax.data import imageio, prepare, synth, synthetic_rain
+from sapnet_jax.fileio import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,82 +35,6 @@ class DemoSpec:
   eval_split: str = "validation"
 
 
-def pair_seed(seed: int, name: str, draw: int) -> int:
-  """A seed that depends only on (seed, image name, draw): stable across machines and runs."""
-  return zlib.crc32(f"{seed}:{name}:{draw}".encode("utf-8"))
-
-
-def clean_sources(clean_dir: str | None = None) -> list[tuple[str, str]]:
-  """(name, path) of the shipped photos, then of the images in `clean_dir` (sorted)."""
-  sources = [(f"shipped/{n}", os.path.join(IMAGES_DIR, n)) for n in SHIPPED]
-  if clean_dir:
-    names = imageio.image_names(clean_dir)
-    if not names:
-      raise LayoutError(f"{clean_dir}: no clean image files found")
-    sources += [(n, os.path.join(clean_dir, n)) for n in names]
-  return sources
-
-
-def demo_items(clean_dir: str | None) -> dict[str, list[DemoItem]]:
-  """split -> items; `clean_dir` None gives the `shipped` config."""
-  train, validation = [], []
-  pool_draws = (2, 1)
-  for index, (name, path) in enumerate(clean_sources(clean_dir)):
-    shipped = name.startswith("shipped/")
-    if shipped:
-      held_out = os.path.basename(name) in SHIPPED_HELD_OUT
-      draws = (3 if held_out else 16) if clean_dir is None else pool_draws[held_out]
-    else:
-      held_out = (index - len(SHIPPED)) % 10 == 9
-      draws = pool_draws[held_out]
-    stem = os.path.splitext(name)[0]
-    items = [DemoItem(path, name, f"{stem}_r{d}.png", d) for d in range(draws)]
-    (validation if held_out else train).extend(items)
-  return {"train": train, "validation": validation}
-
-
-class SyntheticRain(builders.PairedBuilder):
-  """Synthetic rain over clean photos: the demo dataset (see sapnet_jax/data/demo.py).
-
-  Configs `shipped` and `shipped_rain100h` need no MANUAL_DIR; `pool` and `pool_rain100h` read
-  the clean photos directly in MANUAL_DIR (not recursive), e.g. the project's
-  shared/data/clean_pool.
-  """
-
-  name = "synthetic_rain"
-  VERSION = tfds.core.Version("1.2.0")
-  RELEASE_NOTES = {"1.0.0": "First release.",
-                   "1.1.0": "shipped: 16 rain draws per training photo (was 4); 12 pairs let "
-                            "the demo memorise a colour shift that wrecked the held-out scene.",
-                   "1.2.0": "rain streaks without the atmospheric veil."}
-  BUILDER_CONFIGS = [
-      SyntheticRainConfig(name="shipped", description="the 4 shipped photos only"),
-      SyntheticRainConfig(name="pool", description="shipped photos + MANUAL_DIR photos",
-                          pool=True),
-      SyntheticRainConfig(name="shipped_rain100h", styles=(synth.RAIN100H,),
-                          description="the 4 shipped photos, Rain100H-like rain"),
-      SyntheticRainConfig(name="pool_rain100h", pool=True, styles=(synth.RAIN100H,),
-                          description="shipped + MANUAL_DIR photos, Rain100H-like rain"),
-  ]
-  DEFAULT_CONFIG_NAME = "shipped"
-
-  def _split_generators(self, dl_manager):
-    clean_dir = os.fspath(dl_manager.manual_dir) if self.builder_config.pool else None
-    return {split: self._generate_examples(split, items)
-            for split, items in demo_items(clean_dir).items()}
-
-  def load(self, pair: DemoItem) -> dict:
-    clean_bytes, clean = builders.encode_image_file(pair.clean)
-    styles = self.builder_config.styles
-    style = styles[pair.draw % len(styles)]
-    rainy, _ = synth.add_rain(clean, pair_seed(SEED, pair.source, pair.draw), style)
-    return {"rainy": builders.png_bytes(imageio.to_uint8(rainy)), "clean": clean_bytes,
-            "size": np.array(clean.shape[:2], np.int32)}
-
-
-SyntheticRain.MANUAL_DOWNLOAD_INSTRUCTIONS = SyntheticRain.__doc__
-
-
 def build_demo(data_dir: str | None, clean_dir: str | None = None) -> DemoSpec:
   """Builds the demo dataset into `data_dir` (None: TFDS's ~/tensorflow_datasets) once (later
   calls reuse it) and says where it is. On several hosts, call it on one process first.
@@ -159,8 +42,67 @@ def build_demo(data_dir: str | None, clean_dir: str | None = None) -> DemoSpec:
   With `clean_dir` the `pool` config is built from it plus the shipped photos; without, the
   `shipped` config. Nothing is downloaded.
   """
-  # Imported here: prepare imports this module for the builder registration.
-  from sapnet_jax.data import prepare  # pylint: disable=import-outside-toplevel
   name = "synthetic_rain/pool" if clean_dir else "synthetic_rain/shipped"
   prepare.build(name, data_dir=data_dir, manual_dir=clean_dir)
   return DemoSpec(name=name, data_dir=data_dir)
+
+
+def grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cell: int = 192, gap: int = 4,
+         per_row: int = 2) -> np.ndarray:
+  """A grid image (uint8): `per_row` (rainy, clean) pairs side by side per row. Each image is
+  centre-cropped to a `cell` square at its own resolution (streaks keep their real size);
+  smaller images are resized up to it."""
+  def square(image):
+    h, w = image.shape[:2]
+    s = min(h, w, cell) if min(h, w) >= cell else min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    crop = np.round(np.clip(image[top:top + s, left:left + s], 0, 1) * 255).astype(np.uint8)
+    if s != cell:
+      crop = np.asarray(Image.fromarray(crop).resize((cell, cell), Image.LANCZOS))
+    return crop
+
+  n_rows = (len(pairs) + per_row - 1) // per_row
+  width = per_row * (2 * cell + 3 * gap)
+  out = np.full((n_rows * (cell + gap) + gap, width, 3), 255, np.uint8)
+  for i, (rainy, clean) in enumerate(pairs):
+    r, c = divmod(i, per_row)
+    y = gap + r * (cell + gap)
+    x = gap + c * (2 * cell + 3 * gap)
+    out[y:y + cell, x:x + cell] = square(rainy)
+    out[y:y + cell, x + cell + gap:x + 2 * cell + gap] = square(clean)
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description="Draw a grid of synthetic rainy/clean pairs.")
+  parser.add_argument("--grid", required=True, help="output PNG")
+  parser.add_argument("--clean_dir", default=None,
+                      help="folder of clean photos to use besides the shipped ones")
+  parser.add_argument("--count", type=int, default=6, help="pairs in the grid")
+  parser.add_argument("--cell", type=int, default=176, help="pixels per image in the grid")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--style", default="demo", choices=["demo", *synth.STYLES],
+                      help="rain style: demo (what the demo dataset draws) or one of synth.STYLES")
+  args = parser.parse_args(argv)
+  sources = synthetic_rain.clean_sources(args.clean_dir)
+  # Spread over the sources; with fewer sources than pairs, later pairs are new rain draws.
+  picks = np.linspace(0, len(sources) - 1, num=min(args.count, len(sources))).round().astype(int)
+  pairs = []
+  for k in range(args.count):
+    name, path = sources[picks[k % len(picks)]]
+    clean = imageio.read_image(path)
+    style = (synthetic_rain.DRAW_STYLES[k % len(synthetic_rain.DRAW_STYLES)]
+             if args.style == "demo" else synth.STYLES[args.style])
+    rainy, _ = synth.add_rain(clean, synthetic_rain.pair_seed(args.seed, name, k // len(picks)),
+                              style)
+    pairs.append((rainy, clean))
+  # A 256-colour palette keeps the README image small; the pairs themselves are lossless.
+  picture = Image.fromarray(grid(pairs, cell=args.cell)).quantize(256, dither=Image.Dither.NONE)
+  with atomic_write(args.grid) as f:
+    picture.save(f, format="PNG", optimize=True)
+  print(f"wrote {args.grid} ({len(pairs)} pairs)", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -15,13 +15,17 @@ batch; evaluation (`make_eval_iterator`): whole images, batch 1, in name order. 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Iterator
 
 import grain
 import numpy as np
+import tensorflow_datasets as tfds
 
-from sapnet_jax.data import builders, demo  # noqa: F401  (registers the TFDS builders)
+from sapnet_jax import config_util
+# synthetic_rain: imported for its TFDS builder's registration (builders registers the others).
+from sapnet_jax.data import builders, prepare, synthetic_rain  # noqa: F401
 
 Batch = dict[str, np.ndarray]
 
@@ -47,10 +51,7 @@ def parse_specs(text: str, data_dir: str | None = None, default_split: str = "te
   return specs
 
 
-def _field(cfg: Any, name: str, default: Any = None) -> Any:
-  """cfg.name, or `default` when the field is absent (ConfigDict or plain dict)."""
-  value = cfg.get(name, default)
-  return default if value is None else value
+_field = functools.partial(config_util.field, where="config.data")
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -72,7 +73,6 @@ class Source:
   @property
   def builder(self):
     if self._builder is None:
-      from sapnet_jax.data import prepare  # pylint: disable=import-outside-toplevel
       b = prepare.builder(self.spec.name, self.spec.data_dir)
       if not b.is_prepared():
         raise ValueError(
@@ -92,7 +92,6 @@ class Source:
 
   def _open(self):
     if self._source is None:
-      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
       skip = {k: tfds.decode.SkipDecoding() for k in ("rainy", "clean")
               if k in self.builder.info.features}
       self._source = self.builder.as_data_source(self.spec.split, decoders=skip)
@@ -211,7 +210,7 @@ def _seeds(seed: int, n: int) -> list[int]:
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=import-outside-toplevel
+    import jax  # deferred: grain workers import this module and need no JAX
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -255,7 +254,7 @@ def per_process_batch(data_cfg, process_count: int) -> int:
 
 def train_spec(data_cfg) -> DatasetSpec:
   return DatasetSpec(str(data_cfg["dataset"]), str(_field(data_cfg, "train_split", "train")),
-                     _field(data_cfg, "data_dir"))
+                     _field(data_cfg, "data_dir", None))
 
 
 def epoch_size(data_cfg) -> int:
@@ -321,10 +320,10 @@ def make_train_iterator(data_cfg, *, seed: int, process_index: int | None = None
                      process_count=process_count, random_position=mode == "random",
                      mirror_copies=bool(_field(data_cfg, "mirror_copies", False)),
                      keys=("rainy", "clean"), epochs=epochs)
-  real_name = _field(data_cfg, "real_dataset")
+  real_name = _field(data_cfg, "real_dataset", None)
   if real_name:
     real = Source(DatasetSpec(str(real_name), str(_field(data_cfg, "real_split", "train")),
-                              _field(data_cfg, "data_dir")))
+                              _field(data_cfg, "data_dir", None)))
     real_batch = int(_field(data_cfg, "real_batch_size", 0)) or batch
     # Unlabelled photos: random windows, an endless stream cut to the labelled one's length.
     real_ds = _patch_stream(real, data_cfg, seed=_seeds(seed, 3)[2], batch=real_batch,
@@ -353,7 +352,7 @@ class _WholeImage(grain.transforms.Map):
 
 def eval_specs(data_cfg) -> list[DatasetSpec]:
   """The evaluation datasets named by `data.eval_datasets` ("name:split, ...")."""
-  return parse_specs(str(_field(data_cfg, "eval_datasets", "")), _field(data_cfg, "data_dir"))
+  return parse_specs(str(_field(data_cfg, "eval_datasets", "")), _field(data_cfg, "data_dir", None))
 
 
 def make_eval_iterator(data: Any, *, split: str | None = None, data_dir: str | None = None,

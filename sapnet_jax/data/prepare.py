@@ -30,10 +30,11 @@ from typing import Sequence
 import tensorflow_datasets as tfds
 
 from sapnet_jax import fileio
-from sapnet_jax.data import builders, demo, imageio
+from sapnet_jax.data import builders, imageio, synthetic_rain
 from sapnet_jax.data.pairs import LayoutError
 
-_DEMO_CONFIGS = {f"synthetic_rain/{c.name}": c for c in demo.SyntheticRain.BUILDER_CONFIGS}
+_DEMO_CONFIGS = {f"synthetic_rain/{c.name}": c
+                 for c in synthetic_rain.SyntheticRain.BUILDER_CONFIGS}
 DEMO_NAMES = list(_DEMO_CONFIGS)
 NO_MANUAL_DIR = ("synthetic_rain",) + tuple(n for n, c in _DEMO_CONFIGS.items() if not c.pool)
 

@@ -16,17 +16,14 @@ streams stable across releases).
 
     rainy, params = add_rain(clean, seed=3)             # clean: float (H, W, 3) in [0, 1]
 
-`python -m sapnet_jax.data.synth --grid docs/images/synthetic_rain.png` draws the README grid
+`python -m sapnet_jax.data.demo --grid docs/images/synthetic_rain.png` draws the README grid
 (`--style rain100h` the rain of the fine-tuning pairs).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
-from typing import Sequence
 
 import numpy as np
 
@@ -185,69 +182,3 @@ def add_rain(clean: np.ndarray, seed: int | np.random.Generator,
   rain = rain_layer(clean.shape[:2], params, rng)
   return compose(clean.astype(np.float32), rain, params.haze, params.airlight,
                  style.blend), params
-
-
-def grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cell: int = 192, gap: int = 4,
-         per_row: int = 2) -> np.ndarray:
-  """A grid image (uint8): `per_row` (rainy, clean) pairs side by side per row. Each image is
-  centre-cropped to a `cell` square at its own resolution (streaks keep their real size);
-  smaller images are resized up to it."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-
-  def square(image):
-    h, w = image.shape[:2]
-    s = min(h, w, cell) if min(h, w) >= cell else min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    crop = np.round(np.clip(image[top:top + s, left:left + s], 0, 1) * 255).astype(np.uint8)
-    if s != cell:
-      crop = np.asarray(Image.fromarray(crop).resize((cell, cell), Image.LANCZOS))
-    return crop
-
-  n_rows = (len(pairs) + per_row - 1) // per_row
-  width = per_row * (2 * cell + 3 * gap)
-  out = np.full((n_rows * (cell + gap) + gap, width, 3), 255, np.uint8)
-  for i, (rainy, clean) in enumerate(pairs):
-    r, c = divmod(i, per_row)
-    y = gap + r * (cell + gap)
-    x = gap + c * (2 * cell + 3 * gap)
-    out[y:y + cell, x:x + cell] = square(rainy)
-    out[y:y + cell, x + cell + gap:x + 2 * cell + gap] = square(clean)
-  return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description="Draw a grid of synthetic rainy/clean pairs.")
-  parser.add_argument("--grid", required=True, help="output PNG")
-  parser.add_argument("--clean_dir", default=None,
-                      help="folder of clean photos to use besides the shipped ones")
-  parser.add_argument("--count", type=int, default=6, help="pairs in the grid")
-  parser.add_argument("--cell", type=int, default=176, help="pixels per image in the grid")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--style", default="demo", choices=["demo", *STYLES],
-                      help="rain style: demo (what the demo dataset draws) or one of synth.STYLES")
-  args = parser.parse_args(argv)
-  # pylint: disable=import-outside-toplevel
-  from sapnet_jax.data import demo, imageio
-  sources = demo.clean_sources(args.clean_dir)
-  # Spread over the sources; with fewer sources than pairs, later pairs are new rain draws.
-  picks = np.linspace(0, len(sources) - 1, num=min(args.count, len(sources))).round().astype(int)
-  pairs = []
-  for k in range(args.count):
-    name, path = sources[picks[k % len(picks)]]
-    clean = imageio.read_image(path)
-    style = (demo.DRAW_STYLES[k % len(demo.DRAW_STYLES)] if args.style == "demo"
-             else STYLES[args.style])
-    rainy, _ = add_rain(clean, demo.pair_seed(args.seed, name, k // len(picks)), style)
-    pairs.append((rainy, clean))
-  from PIL import Image
-  from sapnet_jax.fileio import atomic_write
-  # A 256-colour palette keeps the README image small; the pairs themselves are lossless.
-  picture = Image.fromarray(grid(pairs, cell=args.cell)).quantize(256, dither=Image.Dither.NONE)
-  with atomic_write(args.grid) as f:
-    picture.save(f, format="PNG", optimize=True)
-  print(f"wrote {args.grid} ({len(pairs)} pairs)", file=sys.stderr)
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
