@@ -242,7 +242,7 @@ class TrainCheckpoints:
     items = {PARAMS: ocp.args.StandardSave(params), self.TRAIN_STATE: ocp.args.StandardSave(train_state),
              MODEL_CONFIG: ocp.args.JsonSave(model_config), self.CONFIG: ocp.args.JsonSave(config)}
     if data_iterator is not None:
-      import grain.checkpoint
+      import grain.checkpoint  # deferred: grain only for runs that checkpoint a data iterator
       snapshot = _FrozenIteratorState(data_iterator, data_iterator.get_state())
       items[self.DATA] = grain.checkpoint.CheckpointSave(snapshot)
     scores = None if val is None else {self.val_metric: float(val)}
@@ -272,7 +272,7 @@ class TrainCheckpoints:
                self.TRAIN_STATE: ocp.args.StandardRestore(
                    jax.tree.map(ocp.utils.to_shape_dtype_struct, train_state))}
       if data_iterator is not None:
-        import grain.checkpoint
+        import grain.checkpoint  # deferred, see save
         items[self.DATA] = grain.checkpoint.CheckpointRestore(_FrozenIteratorState(data_iterator))
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))

@@ -49,6 +49,7 @@ def as_path(path: PathLike) -> epath.Path:
   text = os.fspath(path)
   if text.startswith("gs://"):
     try:
+      # deferred: gcsfs is optional (the gcs extra); only gs:// paths need it
       import gcsfs  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
       raise ImportError(f"{text}: gs:// paths need gcsfs: pip install -e '.[gcs]' "

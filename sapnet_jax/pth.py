@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import pickle
 import struct
@@ -209,7 +210,6 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   The format is an 8-byte little-endian header length, a JSON header giving each tensor's
   dtype, shape and byte range, then the raw little-endian data; bf16 becomes float32.
   """
-  import json
   path = os.fspath(path)
   try:
     with fileio.open_read(path) as f:
