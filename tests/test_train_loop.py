@@ -154,15 +154,13 @@ def test_validation_needs_a_set_that_reports_the_metric(tmp_path):
   """Real photos score NIQE/BRISQUE only: a config whose every set lacks psnr_rgb is an error
   that names the sets, not a silent NaN that would never pick a best checkpoint."""
   from flax import nnx
-  from sapnet_jax import models
   from sapnet_jax.data import imageio
   real = tmp_path / "real"
   real.mkdir()
   imageio.write_png(str(real / "photo.png"), np.random.default_rng(0).random((100, 200, 3), np.float32))
   config = _config(str(tmp_path))
   config.eval.sets = {"real_rainy": {"rainy": str(real)}}
-  graphdef, params = nnx.split(models.build(models.config_from_dict(config.model.to_dict()),
-                                            nnx.Rngs(0)))
+  graphdef, params = nnx.split(train.initial_model(config, "cpu"))
   params = jax.device_put(nnx.to_pure_dict(params))
   validator = train.Validator(config, graphdef, params, str(tmp_path / "work"))
   with pytest.raises(ValueError, match=r"val_metric='psnr_rgb' is reported by none of .*real_rainy"):
