@@ -22,7 +22,6 @@ setup(
         "orbax-checkpoint>=0.11",
         "tensorflow-datasets>=4.9.8",
         "grain>=0.2.12",
-        "dm-pix>=0.4.4",  # metrics.ssim: the papers' Gaussian-window SSIM
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "pillow>=10",
