@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default  # noqa: E402
+from sapnet_jax import xla_options  # noqa: E402
 from sapnet_jax.data import demo, pipeline, prepare  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def main() -> None:
       "benchmark": "input pipeline, 12x100x100 batches", "dataset": f"{name}:{split}",
       "patches_per_epoch": pipeline.epoch_size(cfg), "build_or_reuse_s": build_s,
       "batches_timed": args.batches, "read_threads": args.threads, "results": results,
-      "cpu_count": os.cpu_count(), "python": platform.python_version()}))
+      "cpu": xla_options.cpu_description(), "python": platform.python_version()}))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from sapnet_jax import loss_networks, losses
+from sapnet_jax import loss_networks, losses, xla_options
 
 VARIANTS = {"fp32": dict(perceptual_dtype="float32", remat=False),
             "bf16": dict(perceptual_dtype="bfloat16", remat=False),
@@ -79,6 +79,7 @@ def main() -> None:
         jax.block_until_ready(step(frozen, derained))
         times.append(time.perf_counter() - t0)
       result["seconds_per_step"][key] = round(statistics.median(times), 4)
+  result["cpu"] = xla_options.cpu_description()
   print(json.dumps(result))
 
 

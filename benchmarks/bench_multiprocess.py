@@ -84,7 +84,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--skip-steps", action="store_true", help="checkpoint times only")
   args = parser.parse_args()
-  host = {"machine": platform.machine(), "cpus": os.cpu_count()}
+  from sapnet_jax import xla_options
+  host = {"machine": platform.machine(), "cpu": xla_options.cpu_description()}
   with tempfile.TemporaryDirectory() as tmp:
     if not args.skip_steps:
       data_dir = os.path.join(tmp, "tfds")

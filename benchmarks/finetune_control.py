@@ -57,7 +57,7 @@ def main() -> None:
   from sapnet_jax import train
   from sapnet_jax.data import pipeline
   train._prepare_datasets(config.data)
-  from sapnet_jax import evaluation
+  from sapnet_jax import evaluation, xla_options
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   loaders, problems = evaluation.folder_samples(a.rainy, a.clean)
   evaluation.check_problems(problems, skip_bad=False)
@@ -80,7 +80,8 @@ def main() -> None:
       opt.step()
       if step % a.eval_every == 0:
         curve[step] = _psnr_set(model.eval(), pairs, torch, dev)
-    print(json.dumps({"lr": lr, "images": len(pairs), "device": dev, "psnr_rgb": curve}), flush=True)
+    print(json.dumps({"lr": lr, "images": len(pairs), "device": dev,
+                      "cpu": xla_options.cpu_description(), "psnr_rgb": curve}), flush=True)
 
 
 if __name__ == "__main__":
