@@ -7,7 +7,8 @@ without AVX-512 YNNPACK infers about 8% faster (docs/benchmarks.md). So the choi
 once per machine and workload ("train": forward and gradients, "infer": forward): a few jitted
 convolutions of the networks' shapes under each setting, alternated, the faster kept. The
 result is cached in $SAPNET_JAX_CACHE/xla_cpu_convs.json under the CPU model, its vector
-extensions, core count and jaxlib version. SAPNET_JAX_CPU_CONVS=eigen|default skips the
+extensions, core count and jaxlib version; deleting the file measures again (a measurement
+taken while the machine was busy may be off). SAPNET_JAX_CPU_CONVS=eigen|default skips the
 measurement. The options go to each `jax.jit`, so nothing else in the process changes.
 """
 
