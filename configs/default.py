@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
       num_steps=0,  # >0 overrides num_epochs
       init_weights="",  # a pretrained name or path to fine-tune from ("" = random init)
       log_every=50,  # steps between console/TensorBoard lines (and NaN checks)
-      eval_every=0,  # steps between validations on eval.sets (0: only at the end)
+      eval_every=1000,  # steps between validations on eval.sets (0: only at the end)
       save_every=1000,
       keep_checkpoints=3,  # plus the best by validation
       async_checkpoints=True,

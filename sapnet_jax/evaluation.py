@@ -254,6 +254,26 @@ def set_samples(name: str, spec, data_dir: str | None = None
   return loaders, problems, {"set": name, "rainy": spec["rainy"], "clean": clean}
 
 
+def check_sets(ev, data_dir: str | None = None) -> None:
+  """Raises ValueError naming `config.eval.sets.NAME` unless every eval set can be scored: its
+  folders exist and pair up (or `skip_bad`), or its dataset is built, with at least one image.
+  Training calls it before step 1, so a bad set fails the run there, not at a validation."""
+  for name, spec in ev.sets.items():
+    field = f"config.eval.sets.{name}"
+    try:
+      if isinstance(spec, str):
+        from sapnet_jax.data import pipeline  # deferred: only built datasets need TFDS and grain
+        count = len(pipeline.Source(pipeline.parse_specs(spec, data_dir)[0]))
+      else:
+        loaders, problems, _ = set_samples(name, spec, data_dir)
+        check_problems(problems, ev.skip_bad)
+        count = len(loaders)
+    except (OSError, ValueError, PairError) as e:
+      raise ValueError(f"{field}: {e}") from None
+    if count == 0:
+      raise ValueError(f"{field}: no images in {spec}")
+
+
 def evaluate_sets(derainer: Callable, ev, out_root: str, meta: dict, data_dir: str | None = None,
                   progress: bool = True) -> dict[str, dict]:
   """Scores `derainer` on every set of the eval config block `ev`; writes

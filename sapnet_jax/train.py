@@ -295,6 +295,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   fileio.makedirs(workdir)
   if config.data.get("prepare", False):
     _prepare_datasets(config.data)
+  # Every validation set is checked now: a missing or unreadable one fails before step 1.
+  on_process_0(lambda: evaluation.check_sets(config.eval, config.data.get("data_dir")),
+               "checking config.eval.sets")
   mesh = make_mesh()
   model = initial_model(config, mesh.devices.flat[0].platform)
   model_config = models.config_to_dict(model.cfg)

@@ -199,3 +199,26 @@ def test_unknown_val_metric_fails_before_training(data_dir, tmp_path):
     train.train_and_evaluate(_config(data_dir, **{"train.val_metric": "sharpness"}),
                              str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("sets,expect", [
+    ({"rain100h": {"rainy": "MISSING/rainy", "clean": "MISSING/clean"}}, "MISSING"),
+    ({"rain100h": "rain100h:test"}, "not built")], ids=["folders", "dataset"])
+def test_default_config_with_a_missing_eval_set_fails_before_step_1(tmp_path, sets, expect):
+  from configs import default
+  config = default.get_config()
+  config.data.data_dir = str(tmp_path / "tfds")  # nothing built there
+  config.eval.sets = {k: v if isinstance(v, str) else {kk: str(tmp_path / p) for kk, p in v.items()}
+                      for k, v in sets.items()}
+  assert config.train.eval_every > 0  # the default validates during training, not only at the end
+  with pytest.raises(ValueError, match=r"config\.eval\.sets\.rain100h: .*" + expect):
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+def test_eval_sets_of_the_demo_pass_the_check(data_dir):
+  config = _config(data_dir)
+  evaluation.check_sets(config.eval, data_dir)  # what the loop tests train with
+  config.eval.sets = {"empty": {"rainy": data_dir, "clean": data_dir}}
+  with pytest.raises(ValueError, match=r"config\.eval\.sets\.empty"):
+    evaluation.check_sets(config.eval, data_dir)
