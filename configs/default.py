@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   ))
   config.eval = ml_collections.ConfigDict(dict(
       step=-1,  # checkpoint step to evaluate; -1 = the latest in WORKDIR/checkpoints
+      weights="",  # --mode=eval: a pretrained name or weights path to score instead of a step
       sets=dict(rain100h=dict(rainy="../shared/data/rain100h/rainy",
                               clean="../shared/data/rain100h/clean")),
       quantize="round",  # round | floor (official test.py) | none

@@ -2,10 +2,12 @@
 
     python -m sapnet_jax.evaluate --weights NAME|PATH --rainy DIR [--clean DIR] [--json OUT]
         [--csv OUT] [--grid OUT.png] [--save-outputs DIR] [--skip-bad] ...
+    python -m sapnet_jax.evaluate --weights NAME|PATH --dataset NAME:SPLIT [--data_dir DIR] ...
 
-A thin command over sapnet_jax.evaluation. With --clean every image gets the six full-reference
-numbers of sapnet_jax.metrics (each key names its convention); without it, NIQE and BRISQUE of
-the input and of the output. Outputs are quantized as saved images are (default: rounded to 8
+A thin command over sapnet_jax.evaluation. Images come from two folders paired by file name, or
+from a built dataset (sapnet_jax.data.prepare), paired by its builder. With ground truth every
+image gets the six full-reference numbers of sapnet_jax.metrics (each key names its
+convention); without it, NIQE and BRISQUE of the input and of the output. Outputs are quantized as saved images are (default: rounded to 8
 bits, as `derain` writes them; `--quantize floor` reproduces the official test.py, which
 truncates). Reports are rewritten atomically after every image, so an interrupted run keeps
 every row scored so far. Folders and outputs may be local paths or URIs (gs://bucket/...).
@@ -32,8 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--weights", default=pretrained.DEFAULT, metavar="NAME|PATH",
                       help="weights for sapnet_jax.pretrained.load, or 'identity' to score the "
                       "rainy inputs themselves (the baseline row of results tables)")
-  parser.add_argument("--rainy", required=True, metavar="DIR", help="rainy input images")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--rainy", metavar="DIR", help="rainy input images")
+  source.add_argument("--dataset", metavar="NAME:SPLIT",
+                      help="a built dataset's split, e.g. rain100h:test (sapnet_jax.data.prepare)")
   parser.add_argument("--clean", metavar="DIR", help="ground truth (omit for NIQE/BRISQUE only)")
+  parser.add_argument("--data_dir", metavar="DIR", help="--dataset: where it was built "
+                      "(default: TFDS's)")
   parser.add_argument("--json", metavar="OUT", help="per-image and mean metrics as JSON")
   parser.add_argument("--csv", metavar="OUT", help="per-image metrics as CSV")
   parser.add_argument("--grid", metavar="OUT.png", help="rainy | de-rained | clean figure")
@@ -52,8 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="tile side for large images; 0 = whole images")
   parser.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP, metavar="P")
   args = parser.parse_args(argv)
+  if args.dataset and args.clean:
+    parser.error("--clean goes with --rainy; a dataset pairs its own images")
   try:
-    loaders, problems = evaluation.folder_samples(args.rainy, args.clean)
+    if args.dataset:
+      evaluation.dataset_size(args.dataset, args.data_dir)  # built? (the error says how)
+      loaders, problems, source = evaluation.set_samples("dataset", args.dataset, args.data_dir)
+      source.pop("set")
+    else:
+      loaders, problems = evaluation.folder_samples(args.rainy, args.clean)
+      source = {"rainy": args.rainy, "clean": args.clean}
     evaluation.check_problems(problems, args.skip_bad)
     derainer = (_identity if args.weights == "identity"
                 else infer.Derainer(pretrained.load(args.weights)))
@@ -61,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   reports = evaluation.Reports(args.json, args.csv, {
-      "weights": args.weights, "rainy": args.rainy, "clean": args.clean,
-      "quantize": args.quantize, "crop_border": args.crop_border})
+      "weights": args.weights, **source, "quantize": args.quantize,
+      "crop_border": args.crop_border})
   reports.skipped.extend(problems)
   names = [n for n in args.grid_images.split(",") if n]
   grid = evaluation.GridCollector(args.grid_count, names) if args.grid else None

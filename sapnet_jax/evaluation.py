@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sapnet_jax import checkpoint, fileio, infer, metrics, models
+from sapnet_jax import checkpoint, fileio, infer, metrics, models, pretrained
 from sapnet_jax.data import imageio, pairs
 from sapnet_jax.fileio import atomic_write
 
@@ -254,6 +254,12 @@ def set_samples(name: str, spec, data_dir: str | None = None
   return loaders, problems, {"set": name, "rainy": spec["rainy"], "clean": clean}
 
 
+def dataset_size(spec: str, data_dir: str | None = None) -> int:
+  """Images in the built split "name:split"; ValueError naming how to build it if it is not."""
+  from sapnet_jax.data import pipeline  # deferred: only built datasets need TFDS and grain
+  return len(pipeline.Source(pipeline.parse_specs(spec, data_dir)[0]))
+
+
 def check_sets(ev, data_dir: str | None = None) -> None:
   """Raises ValueError naming `config.eval.sets.NAME` unless every eval set can be scored: its
   folders exist and pair up (or `skip_bad`), or its dataset is built, with at least one image.
@@ -262,8 +268,7 @@ def check_sets(ev, data_dir: str | None = None) -> None:
     field = f"config.eval.sets.{name}"
     try:
       if isinstance(spec, str):
-        from sapnet_jax.data import pipeline  # deferred: only built datasets need TFDS and grain
-        count = len(pipeline.Source(pipeline.parse_specs(spec, data_dir)[0]))
+        count = dataset_size(spec, data_dir)
       else:
         loaders, problems, _ = set_samples(name, spec, data_dir)
         check_problems(problems, ev.skip_bad)
@@ -300,18 +305,28 @@ def evaluate_sets(derainer: Callable, ev, out_root: str, meta: dict, data_dir: s
 def evaluate_workdir(config, workdir: str) -> dict[str, dict]:
   """Scores the checkpoint of `config.eval.step` (-1: latest) in WORKDIR/checkpoints on every
   set of `config.eval.sets`; writes WORKDIR/eval/step_<N>/<set>/metrics.{json,csv} and grid.png.
+  With `config.eval.weights` (a pretrained name or weights path) those weights are scored
+  instead, into WORKDIR/eval/weights_<name>/: no checkpoint is needed.
   """
   ev = config.eval
-  path = checkpoint.step_dir(fileio.join(workdir, "checkpoints"), None if ev.step < 0 else ev.step)
-  step = fileio.basename(path)
-  model = checkpoint.load_model(path, **eval_overrides(config.model))
   data_dir = config.data.get("data_dir") if "data" in config else None
-  out = fileio.join(workdir, "eval", f"step_{step}")
+  check_sets(ev, data_dir)
+  if ev.get("weights"):
+    model = pretrained.load(ev.weights, **eval_overrides(config.model))
+    label = "weights_" + "".join(c if c.isalnum() or c in "-_." else "_"
+                                 for c in fileio.basename(ev.weights.rstrip("/")))
+    meta = {"weights": ev.weights}
+  else:
+    path = checkpoint.step_dir(fileio.join(workdir, "checkpoints"),
+                               None if ev.step < 0 else ev.step)
+    step = fileio.basename(path)
+    model = checkpoint.load_model(path, **eval_overrides(config.model))
+    label, meta = f"step_{step}", {"checkpoint": path, "step": int(step)}
   # impl=None: the kernel set the config asked for, as resolved when the weights were loaded.
-  results = evaluate_sets(infer.Derainer(model, impl=None), ev, out,
-                          {"checkpoint": path, "step": int(step)}, data_dir)
+  results = evaluate_sets(infer.Derainer(model, impl=None), ev,
+                          fileio.join(workdir, "eval", label), meta, data_dir)
   for name, summary in results.items():
-    print(f"[{name}] step {step}\n{format_table(summary)}")
+    print(f"[{name}] {label}\n{format_table(summary)}")
   return results
 
 

@@ -213,3 +213,67 @@ def test_official_weights_on_rain100h_subset(tmp_path):
   input_psnr = [metrics.score_pair(read_image(rainy / n), read_image(clean / n))["psnr_rgb"]
                 for n in ("001.png", "002.png")]
   assert report["means"]["psnr_rgb"] > np.mean(input_psnr) + 8
+
+
+# --- built datasets and pretrained weights (issue 16) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def rain100h_subset(tmp_path_factory):
+  """The first 3 Rain100H test pairs of ../shared as folders, and built as the rain100h dataset
+  (its builder pairs them by its own naming rule)."""
+  import shutil
+  from sapnet_jax.data import prepare
+  src = shared_path("data/rain100h")
+  root = tmp_path_factory.mktemp("rain100h")
+  for sub in ("rainy", "clean"):
+    (root / "manual" / sub).mkdir(parents=True)
+    for name in sorted(p.name for p in (src / sub).iterdir())[:3]:
+      shutil.copy(src / sub / name, root / "manual" / sub / name)
+  prepare.build("rain100h", data_dir=str(root / "tfds"), manual_dir=str(root / "manual"))
+  return root / "manual", str(root / "tfds")
+
+
+def _rows(path):
+  return {r["name"]: r for r in json.loads(path.read_text())["images"]}
+
+
+def test_dataset_form_scores_what_the_folder_form_scores(rain100h_subset, tmp_path):
+  folders, data_dir = rain100h_subset
+  common = ["--weights", "identity", "--quantize", "none"]
+  assert evaluate.main(common + ["--rainy", str(folders / "rainy"), "--clean",
+                                 str(folders / "clean"), "--json", str(tmp_path / "f.json")]) == 0
+  assert evaluate.main(common + ["--dataset", "rain100h:test", "--data_dir", data_dir,
+                                 "--json", str(tmp_path / "d.json")]) == 0
+  folder, dataset = _rows(tmp_path / "f.json"), _rows(tmp_path / "d.json")
+  assert len(folder) == 3 and sorted(folder) == sorted(dataset)
+  for name, row in folder.items():
+    for key in metrics.KEYS:
+      assert dataset[name][key] == row[key], (name, key)
+  assert json.loads((tmp_path / "d.json").read_text())["dataset"] == "rain100h:test"
+
+
+def test_dataset_form_names_an_unbuilt_dataset(tmp_path, capsys):
+  assert evaluate.main(["--weights", "identity", "--dataset", "rain100h:test",
+                        "--data_dir", str(tmp_path)]) == 2
+  assert "not built" in capsys.readouterr().err
+
+
+def test_main_eval_scores_pretrained_weights_without_a_checkpoint(rain100h_subset, tmp_path):
+  folders, _ = rain100h_subset
+  assert evaluate.main(["--weights", "sapnet-rain100h", "--rainy", str(folders / "rainy"),
+                        "--clean", str(folders / "clean"), "--json", str(tmp_path / "f.json")]) == 0
+  work = tmp_path / "work"
+  proc = subprocess.run(
+      [sys.executable, "-m", "sapnet_jax.main", f"--config={REPO / 'configs' / 'default.py'}",
+       f"--workdir={work}", "--mode=eval", "--config.eval.weights=sapnet-rain100h",
+       f"--config.eval.sets.rain100h.rainy={folders / 'rainy'}",
+       f"--config.eval.sets.rain100h.clean={folders / 'clean'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not (work / "checkpoints").exists()
+  report = work / "eval" / "weights_sapnet-rain100h" / "rain100h" / "metrics.json"
+  got, want = _rows(report), _rows(tmp_path / "f.json")
+  assert sorted(got) == sorted(want) and len(got) == 3
+  for name, row in want.items():
+    for key in metrics.KEYS:
+      assert got[name][key] == pytest.approx(row[key], abs=1e-9), (name, key)
