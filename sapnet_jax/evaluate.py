@@ -7,10 +7,10 @@
 A thin command over sapnet_jax.evaluation. Images come from two folders paired by file name, or
 from a built dataset (sapnet_jax.data.prepare), paired by its builder. With ground truth every
 image gets the six full-reference numbers of sapnet_jax.metrics (each key names its
-convention); without it, NIQE and BRISQUE of the input and of the output. Outputs are quantized as saved images are (default: rounded to 8
-bits, as `derain` writes them; `--quantize floor` reproduces the official test.py, which
-truncates). Reports are rewritten atomically after every image, so an interrupted run keeps
-every row scored so far. Folders and outputs may be local paths or URIs (gs://bucket/...).
+convention); without it, NIQE and BRISQUE of the input and of the output. Outputs are
+quantized as saved images are (default: rounded to 8 bits, as `derain` writes them;
+`--quantize floor` reproduces the official test.py, which truncates). Reports are rewritten
+atomically after every image, so an interrupted run keeps every row scored so far. Folders and outputs may be local paths or URIs (gs://bucket/...).
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--clean goes with --rainy; a dataset pairs its own images")
   try:
     if args.dataset:
-      evaluation.dataset_size(args.dataset, args.data_dir)  # built? (the error says how)
       loaders, problems, source = evaluation.set_samples("dataset", args.dataset, args.data_dir)
       source.pop("set")
     else:

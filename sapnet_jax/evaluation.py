@@ -238,6 +238,7 @@ def set_samples(name: str, spec, data_dir: str | None = None
   """
   if isinstance(spec, str):
     from sapnet_jax.data import pipeline  # deferred: only built datasets need TFDS and grain
+    dataset_size(spec, data_dir)  # now, not at the first image: an unbuilt one says how to build
 
     def tfds_loaders():
       # Every process scores every image: validation runs on process 0 only.

@@ -1,8 +1,9 @@
 """Full-reference image metrics in each convention the de-raining literature uses.
 
-Every function is JAX, batched over leading axes (..., H, W, C) and jit-able; it computes in the dtype of its inputs, so callers that need the conventions' float64
-pass float64 arrays under `jax.enable_x64(True)` (`score_pair` does). Papers' numbers differ by
-1-2 dB between conventions, so reports name theirs (docs/results.md lists all three):
+Every function is JAX, batched over leading axes (..., H, W, C) and jit-able; it computes in
+the dtype of its inputs, so callers that need the conventions' float64 pass float64 arrays
+under `jax.enable_x64(True)` (`score_pair` does). Papers' numbers differ by 1-2 dB between
+conventions, so reports name theirs (docs/results.md lists all three):
 
   rgb       PSNR / SSIM on RGB in [0, 1] (the SAPNet paper's Table 5, "sklearn"): SSIM is
             scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5,
@@ -108,7 +109,8 @@ def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0,
   mu1, mu2, e11, e22, e12 = jnp.split(maps, 5, axis=-3)
   s11, s22, s12 = e11 - mu1 * mu1, e22 - mu2 * mu2, e12 - mu1 * mu2
   c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-  ssim_map = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 * mu1 + mu2 * mu2 + c1) * (s11 + s22 + c2))
+  num = (2 * mu1 * mu2 + c1) * (2 * s12 + c2)
+  ssim_map = num / ((mu1 * mu1 + mu2 * mu2 + c1) * (s11 + s22 + c2))
   return jnp.mean(ssim_map, axis=(-3, -2, -1))
 
 

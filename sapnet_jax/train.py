@@ -312,7 +312,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   ckpts = checkpoint.TrainCheckpoints(fileio.join(workdir, "checkpoints"),
                                       keep=config.train.keep_checkpoints,
                                       async_save=config.train.async_checkpoints,
-                                      compare=models.architecture, val_metric=config.train.val_metric)
+                                      compare=models.architecture,
+                                      val_metric=config.train.val_metric)
   restored = ckpts.restore_latest(state.params, state.replace(params=None), model_config, data)
   if restored is not None:
     step, params, rest = restored

@@ -59,7 +59,8 @@ def cpu_description() -> dict:
 
 def _machine_key() -> str:
   cpu = cpu_description()
-  return f"{cpu['model']}|{'+'.join(cpu['vector_extensions'])}|{cpu['cores']}|jaxlib {jaxlib.__version__}"
+  extensions = "+".join(cpu["vector_extensions"])
+  return f"{cpu['model']}|{extensions}|{cpu['cores']}|jaxlib {jaxlib.__version__}"
 
 
 def _probe(workload: str):
