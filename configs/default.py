@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,  # plus the best by validation
       async_checkpoints=True,
       val_metric="psnr_rgb",  # the eval key that picks the best checkpoint
+      # >0: validate, save as params and evaluate an exponential moving average of the
+      # weights (train.py; 0.999 as BasicSR); 0 = off, the official code's plain weights.
+      ema_decay=0.0,
   ))
   config.eval = ml_collections.ConfigDict(dict(
       step=-1,  # checkpoint step to evaluate; -1 = the latest in WORKDIR/checkpoints

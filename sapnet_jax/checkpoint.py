@@ -249,25 +249,33 @@ class TrainCheckpoints:
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=scores, force=True)
 
   def restore_latest(self, params: dict, train_state: Any, model_config: dict,
-                     data_iterator: Any = None) -> tuple[int, dict, Any] | None:
+                     data_iterator: Any = None, config: dict | None = None,
+                     compare_config: Callable[[dict, dict], list[str]] | None = None,
+                     ) -> tuple[int, dict, Any] | None:
     """Restores the newest readable step into the given structures; None if there is none.
 
     A step that cannot be read is skipped with a warning (the previous one is tried); a step
-    written for another model config raises CheckpointError listing the differing fields.
+    written for another model config, or whose experiment config `compare_config(stored,
+    config)` finds incompatible, raises CheckpointError listing the differing fields.
     """
     ocp = self._ocp
     for step in sorted(self.manager.all_steps(), reverse=True):
+      wanted = {MODEL_CONFIG: ocp.args.JsonRestore()}
+      if compare_config is not None:
+        wanted[self.CONFIG] = ocp.args.JsonRestore()
       try:
-        stored = self.manager.restore(step, args=ocp.args.Composite(
-            **{MODEL_CONFIG: ocp.args.JsonRestore()}))[MODEL_CONFIG]
+        stored_items = self.manager.restore(step, args=ocp.args.Composite(**wanted))
       except Exception as e:  # noqa: BLE001 - any unreadable step falls back to the previous
         logging.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
                         step, self.directory, e)
         continue
+      stored = stored_items[MODEL_CONFIG]
       diff = config_differences(self._compare(stored), self._compare(model_config))
+      if compare_config is not None:
+        diff += compare_config(stored_items[self.CONFIG], config or {})
       if diff:
         raise CheckpointError(f"{self.directory}: checkpoint step {step} is for another model "
-                              "config; differing fields: " + "; ".join(diff))
+                              "or training config; differing fields: " + "; ".join(diff))
       items = {PARAMS: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, params)),
                self.TRAIN_STATE: ocp.args.StandardRestore(
                    jax.tree.map(ocp.utils.to_shape_dtype_struct, train_state))}

@@ -67,10 +67,13 @@ def test_run_logs_validates_checkpoints_and_resumes(data_dir, tmp_path):
   assert os.path.exists(os.path.join(work, "eval", "step_6", "synthetic_val", "metrics.csv"))
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_sigkill_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path, ema_decay):
+  """With EMA on, the compared weights (the checkpoint's params item) are the average, which
+  depends on every step's trained params: both must come back exactly."""
   steps = 12
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-  sync = {"train.async_checkpoints": False, "train.save_every": 1}
+  sync = {"train.async_checkpoints": False, "train.save_every": 1, "train.ema_decay": ema_decay}
   # The killed run: saves every step (slow enough to kill mid-run), killed once step 3 is saved.
   proc = subprocess.Popen(
       [sys.executable, "-m", "sapnet_jax.main", "--config=configs/demo.py", f"--workdir={killed}",
@@ -91,6 +94,25 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
   assert sorted(a) == sorted(b)
   for key in a:
     np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+def test_ema_run_validates_and_evaluates_the_average(data_dir, tmp_path):
+  work = str(tmp_path)
+  config = _config(data_dir, **{"train.num_steps": 4, "train.ema_decay": 0.9})
+  result = train.train_and_evaluate(config, work)
+  rest = checkpoint.TrainCheckpoints(os.path.join(work, "checkpoints"))
+  ema = _final_params(work, 4)
+  stored = rest.manager.restore(4, args=rest._ocp.args.Composite(train_state=rest._ocp.args.StandardRestore()))
+  trained = checkpoint.flatten(jax.tree.map(np.asarray, dict(stored["train_state"]["params"])))
+  rest.close()
+  assert sorted(trained) == sorted(ema)
+  assert any(not np.array_equal(trained[k], ema[k]) for k in ema)  # the average is not the last
+  # main --mode=eval scores the checkpoint's params (the average): the validation's number.
+  out = evaluation.evaluate_workdir(config, work)
+  assert out["synthetic_val"]["means"]["psnr_rgb"] == pytest.approx(result["val"], rel=1e-6)
+  # A resume cannot switch EMA off: the checkpoint's params are not the trained ones.
+  with pytest.raises(checkpoint.CheckpointError, match=r"train.ema_decay: checkpoint 0.9, config 0.0"):
+    train.train_and_evaluate(_config(data_dir, **{"train.num_steps": 6}), work)
 
 
 def test_nan_batch_stops_before_saving_it(data_dir, tmp_path, monkeypatch):

@@ -32,9 +32,10 @@ def _ssim_loss(model, frozen, batch, epoch):
   return value, {"ssim": value}
 
 
-def _trainer(mesh=None, cfg=TINY, **optim):
+def _trainer(mesh=None, cfg=TINY, ema_decay=0.0, **optim):
   graphdef, params = nnx.split(models.build(cfg, nnx.Rngs(0)))
-  t = train.Trainer(graphdef, _optim(**optim), _ssim_loss, steps_per_epoch=10, mesh=mesh)
+  t = train.Trainer(graphdef, _optim(**optim), _ssim_loss, steps_per_epoch=10, mesh=mesh,
+                    ema_decay=ema_decay)
   return t, t.init_state(nnx.to_pure_dict(params))
 
 
@@ -83,6 +84,63 @@ def test_non_finite_step_leaves_params_unchanged():
   bad["clean"][:] = np.inf
   state, _ = t(state, t.global_batch(bad), None)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
+
+
+def _host(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+def test_ema_averages_the_updated_params_with_a_warm_up():
+  t, state = _trainer(ema_decay=0.5)
+  plain, plain_state = _trainer()
+  ema = _host(state.params)  # starts at the initial weights
+  for i in range(4):
+    batch = t.global_batch(_batch(i))
+    state, _ = t(state, batch, None)
+    plain_state, _ = plain(plain_state, batch, None)
+    rate = min(0.5, (1 + i) / (10 + i))  # 0.1, 0.18.., 0.25, 0.3..
+    ema = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, ema, _host(state.params))
+    # The average never feeds back: the trained params are those of a run without EMA (to
+    # float32 rounding: the two steps compile to different fusions).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 _host(state.params), _host(plain_state.params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               _host(state.ema), ema)
+  assert t.model_params(state) is state.ema and plain.model_params(plain_state) is plain_state.params
+  assert plain_state.ema is None
+  with pytest.raises(ValueError, match="train.ema_decay"):
+    _trainer(ema_decay=1.0)
+
+
+def test_ema_skips_a_non_finite_step():
+  t, state = _trainer(ema_decay=0.9)
+  state, _ = t(state, t.global_batch(_batch()), None)
+  before = _host(state.ema)
+  bad = _batch(1)
+  bad["clean"][:] = np.inf
+  state, _ = t(state, t.global_batch(bad), None)
+  jax.tree.map(np.testing.assert_array_equal, _host(state.ema), before)
+
+
+def test_ema_checkpoint_holds_the_average_as_params_and_resumes_both(tmp_path):
+  t, state = _trainer(ema_decay=0.9)
+  for i in range(2):
+    state, _ = t(state, t.global_batch(_batch(i)), None)
+  ckpts = checkpoint.TrainCheckpoints(str(tmp_path), async_save=False)
+  ckpts.save(2, *t.checkpoint_items(state), models.config_to_dict(TINY), {"train": {}})
+  ckpts.wait()
+  # What every weights reader sees is the average ...
+  model = checkpoint.load_model(checkpoint.step_dir(str(tmp_path)))
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.params_dict(model), _host(state.ema))
+  # ... and a resume gets back both the average and the trained params.
+  _, fresh = _trainer(ema_decay=0.9)
+  step, params, rest = ckpts.restore_latest(*t.checkpoint_items(fresh), models.config_to_dict(TINY))
+  back = t.from_checkpoint_items(params, rest)
+  assert step == 2 and int(back.step) == 2
+  for got, want in ((back.ema, state.ema), (back.params, state.params)):
+    jax.tree.map(np.testing.assert_array_equal, _host(got), _host(want))
+  assert not np.array_equal(checkpoint.flatten(_host(back.ema))["conv0/kernel"],
+                            checkpoint.flatten(_host(back.params))["conv0/kernel"])
 
 
 def _save(ckpts, step, t, state, model_cfg=TINY):
