@@ -3,8 +3,17 @@
     python -m sapnet_jax.main --config=configs/default.py --workdir=W --mode=eval
 
 The model block maps one to one onto sapnet_jax.models.pdu.PDUConfig. The eval block names the
-test sets (folders of rainy and clean images paired by name; the defaults are the Rain100H test
-pairs in ../shared, override them with --config.eval.sets.rain100h.rainy=DIR etc.).
+test sets: each entry is a built TFDS split "NAME:split" or a pair of folders of rainy and clean
+images paired by name. The default is the built Rain100H test split "rain100h:test"; build it
+once (DIR: Rain100H's test pairs, e.g. the project's ../shared/data/rain100h with rainy/ and
+clean/; --data_dir as config.data.data_dir, default ~/tensorflow_datasets):
+
+    python -m sapnet_jax.data.prepare --dataset rain100h --manual_dir DIR [--data_dir DIR]
+
+Training checks every eval set before step 1 and stops, naming config.eval.sets.NAME and the
+build command, if one is not built. Folders instead, on the command line (the whole dict):
+
+    --config.eval.sets='{"rain100h": {"rainy": "DIR/rainy", "clean": "DIR/clean"}}'
 """
 
 import ml_collections
@@ -55,8 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(
       step=-1,  # checkpoint step to evaluate; -1 = the latest in WORKDIR/checkpoints
       weights="",  # --mode=eval: a pretrained name or weights path to score instead of a step
-      sets=dict(rain100h=dict(rainy="../shared/data/rain100h/rainy",
-                              clean="../shared/data/rain100h/clean")),
+      # name -> "NAME:split" (a built dataset, see the docstring) or dict(rainy=DIR, clean=DIR)
+      sets=dict(rain100h="rain100h:test"),
       quantize="round",  # round | floor (official test.py) | none
       crop_border=0,
       grid_count=4,
@@ -126,7 +135,6 @@ def get_config() -> ml_collections.ConfigDict:
       worker_buffer_size=2,  # batches each worker prepares ahead
       read_threads=2,
       prefetch=4,  # batches read ahead per process
-      eval_datasets="rain100h:test",  # "name:split, ..." for make_eval_iterator
       real_dataset="",  # semi-supervised: unlabelled stream, e.g. "real_rain"; "" = off
       real_split="train",
       real_batch_size=0,  # 0: same as the labelled per-process batch

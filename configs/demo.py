@@ -22,7 +22,6 @@ def get_config(variant: str = "shipped"):
   config.data.dataset = f"synthetic_rain/{variant}"
   config.data.manual_dir = "../shared/data/clean_pool" if variant == "pool" else None
   config.data.prepare = True  # build the dataset on first use (idempotent)
-  config.data.eval_datasets = f"synthetic_rain/{variant}:validation"
   config.data.patch_mode = "random"
   config.data.flip_lr = True
   config.data.global_batch_size = 8

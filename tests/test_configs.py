@@ -139,9 +139,9 @@ def test_finetune_pool_variants_add_the_clean_pool_at_a_smaller_lr(variant, batc
   config = importlib.import_module("configs.finetune").get_config(variant)
   base = importlib.import_module("configs.finetune").get_config(
       "cpu" if variant.startswith("cpu") else "gpu")
-  assert _diff(config, base) == {"data.dataset", "data.manual_dir", "data.eval_datasets",
-                                 "eval.sets.synthetic_val", "optim.lr"}
+  assert _diff(config, base) == {"data.dataset", "data.manual_dir", "eval.sets.synthetic_val",
+                                 "optim.lr"}
   assert config.data.dataset == "synthetic_rain/pool_rain100h"
   assert config.data.dataset not in prepare.NO_MANUAL_DIR
-  assert config.eval.sets.synthetic_val == config.data.eval_datasets
+  assert config.eval.sets.synthetic_val == "synthetic_rain/pool_rain100h:validation"
   assert config.optim.lr == 1e-6 and config.data.global_batch_size == batch

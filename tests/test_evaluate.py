@@ -179,8 +179,9 @@ def test_main_eval_writes_reports_for_the_latest_step(tmp_path):
   rainy, clean = _pairs(tmp_path / "data")
   workdir = _workdir(tmp_path, step=7)
   cmd = [sys.executable, "-m", "sapnet_jax.main", "--config=configs/default.py",
-         f"--workdir={workdir}", "--mode=eval", f"--config.eval.sets.rain100h.rainy={rainy}",
-         f"--config.eval.sets.rain100h.clean={clean}"]
+         f"--workdir={workdir}", "--mode=eval",
+         "--config.eval.sets=" + json.dumps({"rain100h": {"rainy": str(rainy),
+                                                          "clean": str(clean)}})]
   done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-2000:]
   out = workdir / "eval" / "step_7" / "rain100h"
@@ -194,7 +195,7 @@ def test_eval_step_selection(tmp_path):
   rainy, clean = _pairs(tmp_path / "data")
   workdir = _workdir(tmp_path, step=3)
   config = importlib.import_module("configs.default").get_config()
-  config.eval.sets.rain100h.rainy, config.eval.sets.rain100h.clean = str(rainy), str(clean)
+  config.eval.sets = {"rain100h": {"rainy": str(rainy), "clean": str(clean)}}
   config.eval.step = 4
   with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint at step 4; available steps: \[3\]"):
     evaluation.evaluate_workdir(config, str(workdir))
@@ -266,8 +267,8 @@ def test_main_eval_scores_pretrained_weights_without_a_checkpoint(rain100h_subse
   proc = subprocess.run(
       [sys.executable, "-m", "sapnet_jax.main", f"--config={REPO / 'configs' / 'default.py'}",
        f"--workdir={work}", "--mode=eval", "--config.eval.weights=sapnet-rain100h",
-       f"--config.eval.sets.rain100h.rainy={folders / 'rainy'}",
-       f"--config.eval.sets.rain100h.clean={folders / 'clean'}"],
+       "--config.eval.sets=" + json.dumps({"rain100h": {"rainy": str(folders / "rainy"),
+                                                        "clean": str(folders / "clean")}})],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not (work / "checkpoints").exists()

@@ -42,8 +42,7 @@ def data_dir(tmp_path_factory):
 
 def _cfg(data_dir, **overrides):
   cfg = default.get_config().data
-  cfg.update(dict(dataset="paired_folder", data_dir=data_dir, global_batch_size=2,
-                  eval_datasets="paired_folder:test"))
+  cfg.update(dict(dataset="paired_folder", data_dir=data_dir, global_batch_size=2))
   cfg.update(overrides)
   return cfg
 
@@ -189,8 +188,8 @@ def test_semi_supervised_zips_an_unlabelled_stream(data_dir):
 
 
 def test_eval_iterator_gives_whole_images_in_name_order(data_dir):
-  cfg = _cfg(data_dir)
-  items = list(pipeline.make_eval_iterator(cfg, process_index=0, process_count=1))
+  items = list(pipeline.make_eval_iterator("paired_folder:test", data_dir=data_dir,
+                                           process_index=0, process_count=1))
   assert [str(ex["name"][0]) for ex in items] == ["0.png", "1.png", "2.png"]
   for r, ex in enumerate(items):
     h, w = SIZES[r]

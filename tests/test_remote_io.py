@@ -212,8 +212,8 @@ def test_evaluate_workdir_in_a_bucket(tmp_path, gcs_bucket):
   model = pdu.PDUNet(CFG, rngs=nnx.Rngs(0))
   checkpoint.save_model(model, fileio.join(workdir, "checkpoints"), step=5)
   config = importlib.import_module("configs.default").get_config()
-  config.eval.sets.rain100h.rainy = fileio.join(remote, "rainy")
-  config.eval.sets.rain100h.clean = fileio.join(remote, "clean")
+  config.eval.sets = {"rain100h": {"rainy": fileio.join(remote, "rainy"),
+                                   "clean": fileio.join(remote, "clean")}}
   config.eval.tile = 0
   results = evaluation.evaluate_workdir(config, workdir)
   out = f"{workdir}/eval/step_5/rain100h"
@@ -222,8 +222,8 @@ def test_evaluate_workdir_in_a_bucket(tmp_path, gcs_bucket):
   assert report["step"] == 5 and report["checkpoint"] == f"{workdir}/checkpoints/5"
   assert report["count"] == 3 and report["means"] == results["rain100h"]["means"]
   ev = config.eval
-  ev.sets.rain100h.rainy, ev.sets.rain100h.clean = str(tmp_path / "data" / "rainy"), \
-      str(tmp_path / "data" / "clean")
+  ev.sets = {"rain100h": {"rainy": str(tmp_path / "data" / "rainy"),
+                          "clean": str(tmp_path / "data" / "clean")}}
   local = evaluation.evaluate_sets(infer.Derainer(model), ev, str(tmp_path / "eval"), {})
   assert local["rain100h"]["means"] == report["means"]
 

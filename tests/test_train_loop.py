@@ -224,14 +224,19 @@ def test_unknown_val_metric_fails_before_training(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("sets,expect", [
-    ({"rain100h": {"rainy": "MISSING/rainy", "clean": "MISSING/clean"}}, "MISSING"),
-    ({"rain100h": "rain100h:test"}, "not built")], ids=["folders", "dataset"])
+    (None, "not built.*python -m sapnet_jax.data.prepare --dataset rain100h"),
+    ({"rain100h": {"rainy": "MISSING/rainy", "clean": "MISSING/clean"}}, "MISSING")],
+    ids=["unmodified", "folders"])
 def test_default_config_with_a_missing_eval_set_fails_before_step_1(tmp_path, sets, expect):
   from configs import default
   config = default.get_config()
   config.data.data_dir = str(tmp_path / "tfds")  # nothing built there
-  config.eval.sets = {k: v if isinstance(v, str) else {kk: str(tmp_path / p) for kk, p in v.items()}
-                      for k, v in sets.items()}
+  if sets is None:  # the default's own eval set: the built Rain100H test split
+    assert config.eval.sets.to_dict() == {"rain100h": "rain100h:test"}
+  else:
+    config.eval.sets = {k: v if isinstance(v, str) else {kk: str(tmp_path / p)
+                                                         for kk, p in v.items()}
+                        for k, v in sets.items()}
   assert config.train.eval_every > 0  # the default validates during training, not only at the end
   with pytest.raises(ValueError, match=r"config\.eval\.sets\.rain100h: .*" + expect):
     train.train_and_evaluate(config, str(tmp_path / "work"))

@@ -5,7 +5,7 @@ in synthetic_rain.py; the rain synthesizer in synth.py.
 
     spec = demo.build_demo(data_dir)                       # or build_demo(data_dir, clean_dir)
     config.data.dataset = spec.name                        # "synthetic_rain/shipped"
-    config.data.eval_datasets = f"{spec.name}:validation"
+    config.eval.sets = {"val": f"{spec.name}:validation"}
 
 `python -m sapnet_jax.data.demo --grid docs/images/synthetic_rain.png` draws the README grid
 (`--style rain100h` the rain of the fine-tuning pairs).

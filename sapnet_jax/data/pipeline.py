@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Iterator
+from typing import Iterator
 
 import grain
 import numpy as np
@@ -350,29 +350,22 @@ class _WholeImage(grain.transforms.Map):
     return out
 
 
-def eval_specs(data_cfg) -> list[DatasetSpec]:
-  """The evaluation datasets named by `data.eval_datasets` ("name:split, ...")."""
-  return parse_specs(str(_field(data_cfg, "eval_datasets", "")), _field(data_cfg, "data_dir", None))
-
-
-def make_eval_iterator(data: Any, *, split: str | None = None, data_dir: str | None = None,
-                       process_index: int | None = None, process_count: int | None = None
-                       ) -> Iterator[Batch]:
+def make_eval_iterator(data: DatasetSpec | str, *, split: str | None = None,
+                       data_dir: str | None = None, process_index: int | None = None,
+                       process_count: int | None = None) -> Iterator[Batch]:
   """Whole images of one split, batch 1, in record (name) order; this process's share.
 
-  `data` is a config's data block (its first `eval_datasets` entry), a DatasetSpec, or a
-  "name[:split]" string. Items: {"rainy", "clean" (if labelled): float32 (1, H, W, 3),
-  "name": str array (1,), "index": int64 (1,)}.
+  `data` is a DatasetSpec or a "name[:split]" string (an entry of `config.eval.sets`). Items:
+  {"rainy", "clean" (if labelled): float32 (1, H, W, 3), "name": str array (1,),
+  "index": int64 (1,)}.
   """
   if isinstance(data, DatasetSpec):
     spec = data
   elif isinstance(data, str):
     spec = parse_specs(data, data_dir)[0]
   else:
-    specs = eval_specs(data)
-    if not specs:
-      raise ValueError("data.eval_datasets is empty")
-    spec = specs[0]
+    raise TypeError(f"make_eval_iterator: a DatasetSpec or a 'name[:split]' string, not "
+                    f"{type(data).__name__}")
   if split is not None:
     spec = dataclasses.replace(spec, split=split)
   process_index, process_count = _process(process_index, process_count)
