@@ -260,15 +260,16 @@ def test_dataset_form_names_an_unbuilt_dataset(tmp_path, capsys):
 
 
 def test_main_eval_scores_pretrained_weights_without_a_checkpoint(rain100h_subset, tmp_path):
-  folders, _ = rain100h_subset
+  """The default config's eval set (the built rain100h:test) scored by main --mode=eval gives
+  the folder form's per-image numbers."""
+  folders, data_dir = rain100h_subset
   assert evaluate.main(["--weights", "sapnet-rain100h", "--rainy", str(folders / "rainy"),
                         "--clean", str(folders / "clean"), "--json", str(tmp_path / "f.json")]) == 0
   work = tmp_path / "work"
   proc = subprocess.run(
       [sys.executable, "-m", "sapnet_jax.main", f"--config={REPO / 'configs' / 'default.py'}",
        f"--workdir={work}", "--mode=eval", "--config.eval.weights=sapnet-rain100h",
-       "--config.eval.sets=" + json.dumps({"rain100h": {"rainy": str(folders / "rainy"),
-                                                        "clean": str(folders / "clean")}})],
+       f"--config.data.data_dir={data_dir}"],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not (work / "checkpoints").exists()

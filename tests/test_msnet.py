@@ -131,6 +131,17 @@ def test_each_unit_sees_all_scales(tiny):
   assert float(jnp.max(jnp.abs(model(x) - before))) > 1e-4
 
 
+def test_fresh_network_returns_its_input_unless_told_otherwise():
+  x = jax.random.uniform(jax.random.key(4), (1, 9, 11, 3))
+  fresh = msnet.MSNet(TINY, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(fresh(x), x)
+  random_out = msnet.MSNet(dataclasses.replace(TINY, zero_init_output=False), rngs=nnx.Rngs(0))
+  assert float(jnp.max(jnp.abs(random_out(x) - x))) > 1e-3
+  # Only the initialisation differs: weights of either fit a model of the other.
+  cfgs = [models.config_to_dict(dataclasses.replace(TINY, zero_init_output=z)) for z in (0, 1)]
+  assert models.architecture(cfgs[0]) == models.architecture(cfgs[1])
+
+
 def test_jit_matches_eager(tiny):
   x = jax.random.uniform(jax.random.key(2), (2, 5, 7, 3))
   np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(tiny, x), tiny(x), atol=1e-5)

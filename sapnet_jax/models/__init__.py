@@ -20,6 +20,8 @@ FAMILIES = {"pdu": (pdu.PDUConfig, pdu.PDUNet), "msnet": (msnet.MSNetConfig, msn
 # Config fields that change how a network computes, not what it is: a checkpoint may be
 # resumed, fine-tuned or evaluated with other values.
 COMPUTE_FIELDS = ("scan", "dtype", "remat", "impl")
+# Fields that only choose how fresh weights are drawn: any value fits trained weights.
+INIT_FIELDS = ("zero_init_output",)
 # Compute fields of older checkpoints, ignored when read (`impl` replaced `conv_wgrad`).
 _RETIRED_FIELDS = ("conv_wgrad",)
 
@@ -46,7 +48,8 @@ def config_from_dict(d: dict[str, Any]) -> Any:
 
 def architecture(config: dict[str, Any]) -> dict[str, Any]:
   """A config dict without its compute fields: what must match for weights to fit."""
-  return {k: v for k, v in config.items() if k not in COMPUTE_FIELDS + _RETIRED_FIELDS}
+  return {k: v for k, v in config.items()
+          if k not in COMPUTE_FIELDS + INIT_FIELDS + _RETIRED_FIELDS}
 
 
 def resolve_impl(cfg: Any, platform: str) -> Any:

@@ -54,6 +54,11 @@ class MSNetConfig:
   remat: bool = False
   # Kernel set computing the network (models/ops.py), as PDUConfig.impl.
   impl: str = "reference"
+  # Start the output conv at zero, so the untrained network returns its input. With random
+  # output weights the features summed through the dense units make the initial residual
+  # ~1 (std over pixels, seeds 0 and 2): the net starts at ~7 dB and spends its first
+  # hundreds of steps undoing that (docs/fidelity.md, MSNet). Initialisation only.
+  zero_init_output: bool = True
 
   def __post_init__(self):
     for name in ("units", "scales", "cclb_depth", "channels", "feature_layers"):
@@ -147,6 +152,8 @@ class MSNet(nnx.Module):
     self.fuses = nnx.List([_conv1x1(cfg, (k + 1) * c, c, rngs) for k in range(1, cfg.units)])
     self.fuse_out = _conv1x1(cfg, (cfg.units + 1) * c, c, rngs)
     self.out = _conv(cfg, c, 3, rngs)
+    if cfg.zero_init_output:
+      self.out.kernel[...] = jnp.zeros_like(self.out.kernel[...])
 
   def features(self, image: jax.Array) -> jax.Array:
     """The matching network's features (N, H, W, C) in the computation dtype."""
