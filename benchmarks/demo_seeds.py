@@ -85,6 +85,17 @@ def run(config: str, seed: int, workdir: str, extra: list[str]) -> dict:
   return {**info, "curve": curve, "final": _val(workdir, last)["means"]}
 
 
+def _input_val(out: str) -> float:
+  """RGB PSNR of the rainy inputs of the held-out pairs (the `identity` weights)."""
+  report = os.path.join(out, "input_val.json")
+  if not os.path.exists(report):
+    subprocess.run([sys.executable, "-m", "sapnet_jax.evaluate", "--weights", "identity",
+                    "--dataset", "synthetic_rain/shipped:validation", "--json", report],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+  with open(report) as f:
+    return json.load(f)["means"]["psnr_rgb"]
+
+
 def score_real(runs: dict, real: str, out: str) -> dict:
   """NIQE/BRISQUE means per model label, through sapnet_jax.compare (one call per seed)."""
   scores = {}
@@ -93,7 +104,7 @@ def score_real(runs: dict, real: str, out: str) -> dict:
     models = [f"{_label(c)}={os.path.join(w, 'checkpoints')}" for (c, s), w in runs.items()
               if s == seed]
     if seed == seeds[0]:
-      models += ["rainy_input=identity", "sapnet_shipped=sapnet-rain100h"]
+      models += ["sapnet_shipped=sapnet-rain100h"]
     target = os.path.join(out, f"real_seed_{seed}")
     if not os.path.exists(os.path.join(target, "comparison.json")):
       cmd = [sys.executable, "-m", "sapnet_jax.compare", "--rainy", real, "--out", target,
@@ -102,6 +113,13 @@ def score_real(runs: dict, real: str, out: str) -> dict:
     with open(os.path.join(target, "comparison.json")) as f:
       for label, means in json.load(f)["means"].items():
         scores[(label, seed)] = {k: means[k] for k in REAL_KEYS}
+  report = os.path.join(out, "real_input.json")  # the rainy photos themselves
+  if not os.path.exists(report):
+    subprocess.run([sys.executable, "-m", "sapnet_jax.evaluate", "--weights", "identity",
+                    "--rainy", real, "--json", report], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)
+  with open(report) as f:
+    scores[("rainy_input", seeds[0])] = {k: json.load(f)["means"][k] for k in REAL_KEYS}
   return scores
 
 
@@ -131,9 +149,7 @@ def main(argv=None) -> int:
       print(f"{config} seed {seed}: {r['wall_s']:.0f} s, {r['peak_rss_gb']:.2f} GB, "
             f"val psnr_rgb {r['final']['psnr_rgb']:.2f}", flush=True)
   real = score_real(runs, args.real, os.path.abspath(args.workdir)) if args.real else {}
-  first = next(iter(results.values()))
-  input_psnr = _val(runs[next(iter(runs))], 0)["means"]["psnr_rgb"] if 0 in first["curve"] \
-      else None
+  input_psnr = _input_val(os.path.abspath(args.workdir))
   summary = {}
   for config in args.configs.split(","):
     rows = [results[(config, s)] for s in seeds]
@@ -141,6 +157,7 @@ def main(argv=None) -> int:
         "wall_s": _stats([r["wall_s"] for r in rows]),
         "peak_rss_gb": _stats([r["peak_rss_gb"] for r in rows]),
         "val_psnr_rgb": _stats([r["final"]["psnr_rgb"] for r in rows]),
+        "val_gain_db": _stats([r["final"]["psnr_rgb"] - input_psnr for r in rows]),
         "val_ssim_rgb": _stats([r["final"]["ssim_rgb"] for r in rows]),
         **{f"real_{k}": _stats([real[(_label(config), s)][k] for s in seeds])
            for k in REAL_KEYS if real}}
