@@ -78,7 +78,7 @@ def run(config: str, seed: int, workdir: str, extra: list[str]) -> dict:
     with open(timing, "w") as f:
       json.dump({"wall_s": float(wall), "peak_rss_gb": int(rss_kb) / 2**20,
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outside_s": time.time() - t0,
-                 "command": " ".join(cmd[3:])}, f, indent=1)
+                 "command": " ".join(["python", *cmd[4:]])}, f, indent=1)
   with open(timing) as f:
     info = json.load(f)
   curve = {s: _val(workdir, s)["means"]["psnr_rgb"] for s in _steps(workdir)}
@@ -119,7 +119,8 @@ def score_real(runs: dict, real: str, out: str) -> dict:
                     "--rainy", real, "--json", report], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL)
   with open(report) as f:
-    scores[("rainy_input", seeds[0])] = {k: json.load(f)["means"][k] for k in REAL_KEYS}
+    means = json.load(f)["means"]
+  scores[("rainy_input", seeds[0])] = {k: means[k] for k in REAL_KEYS}
   return scores
 
 
