@@ -7,7 +7,7 @@ The model block maps one to one onto sapnet_jax.models.msnet.MSNetConfig; the lo
 read by sapnet_jax.matching_loss (supervised_loss and matching_loss). Paper §4.1 fixes 64x64
 patches, Adam with lr 5e-4, batch 16, matching weight ω = 1, 3 scales and 32 channels; the
 other architecture and loss choices are ours (docs/fidelity.md, MSNet). The eval block is
-the default config's (Rain100H test pairs).
+the default config's (the built Rain100H test split, "rain100h:test"; see configs/default.py).
 """
 
 import ml_collections
