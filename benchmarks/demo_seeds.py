@@ -46,24 +46,13 @@ def _val(workdir: str, step: int) -> dict:
     return json.load(f)
 
 
-def _num_steps(config: str, extra: list[str]) -> int:
-  sys.path.insert(0, REPO)
-  from configs import demo, msnet_semi, msnet_supervised  # noqa: F401 - by name below
-  name, _, variant = config.partition(":")
-  cfg = {"msnet_semi": msnet_semi, "msnet_supervised": msnet_supervised, "demo": demo}[name]
-  built = cfg.get_config(variant) if variant else cfg.get_config()
-  for flag in extra:  # --config.train.num_steps=N only; others do not change the length
-    m = re.fullmatch(r"--config\.train\.num_steps=(\d+)", flag)
-    if m:
-      return int(m.group(1))
-  return int(built.train.num_steps)
-
-
 def run(config: str, seed: int, workdir: str, extra: list[str]) -> dict:
-  """Runs (or finds) one training run; returns its wall time, peak RSS and validation curve."""
-  last = _num_steps(config, extra)
+  """Runs (or finds) one training run; returns its wall time, peak RSS and validation curve.
+
+  timing.json is written only after a run succeeded; a run without it is started again
+  (`main` resumes from its checkpoints). Its last validation is the final step's."""
   timing = os.path.join(workdir, "timing.json")
-  if last not in _steps(workdir) or not os.path.exists(timing):
+  if not os.path.exists(timing):
     name, _, variant = config.partition(":")
     cmd = ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "sapnet_jax.main",
            f"--config=configs/{name}.py" + (f":{variant}" if variant else ""),
@@ -82,7 +71,7 @@ def run(config: str, seed: int, workdir: str, extra: list[str]) -> dict:
   with open(timing) as f:
     info = json.load(f)
   curve = {s: _val(workdir, s)["means"]["psnr_rgb"] for s in _steps(workdir)}
-  return {**info, "curve": curve, "final": _val(workdir, last)["means"]}
+  return {**info, "curve": curve, "final": _val(workdir, max(curve))["means"]}
 
 
 def _input_val(out: str) -> float:

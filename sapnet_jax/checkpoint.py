@@ -249,19 +249,19 @@ class TrainCheckpoints:
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=scores, force=True)
 
   def restore_latest(self, params: dict, train_state: Any, model_config: dict,
-                     data_iterator: Any = None, config: dict | None = None,
-                     compare_config: Callable[[dict, dict], list[str]] | None = None,
+                     data_iterator: Any = None,
+                     check_config: Callable[[dict], list[str]] | None = None,
                      ) -> tuple[int, dict, Any] | None:
     """Restores the newest readable step into the given structures; None if there is none.
 
     A step that cannot be read is skipped with a warning (the previous one is tried); a step
-    written for another model config, or whose experiment config `compare_config(stored,
-    config)` finds incompatible, raises CheckpointError listing the differing fields.
+    written for another model config, or whose stored experiment config `check_config` finds
+    incompatible (it returns the differing fields), raises CheckpointError listing them.
     """
     ocp = self._ocp
     for step in sorted(self.manager.all_steps(), reverse=True):
       wanted = {MODEL_CONFIG: ocp.args.JsonRestore()}
-      if compare_config is not None:
+      if check_config is not None:
         wanted[self.CONFIG] = ocp.args.JsonRestore()
       try:
         stored_items = self.manager.restore(step, args=ocp.args.Composite(**wanted))
@@ -271,8 +271,8 @@ class TrainCheckpoints:
         continue
       stored = stored_items[MODEL_CONFIG]
       diff = config_differences(self._compare(stored), self._compare(model_config))
-      if compare_config is not None:
-        diff += compare_config(stored_items[self.CONFIG], config or {})
+      if check_config is not None:
+        diff += check_config(stored_items[self.CONFIG])
       if diff:
         raise CheckpointError(f"{self.directory}: checkpoint step {step} is for another model "
                               "or training config; differing fields: " + "; ".join(diff))

@@ -10,7 +10,8 @@ image gets the six full-reference numbers of sapnet_jax.metrics (each key names 
 convention); without it, NIQE and BRISQUE of the input and of the output. Outputs are
 quantized as saved images are (default: rounded to 8 bits, as `derain` writes them;
 `--quantize floor` reproduces the official test.py, which truncates). Reports are rewritten
-atomically after every image, so an interrupted run keeps every row scored so far. Folders and outputs may be local paths or URIs (gs://bucket/...).
+atomically after every image, so an interrupted run keeps every row scored so far. Folders and
+outputs may be local paths or URIs (gs://bucket/...).
 """
 
 from __future__ import annotations

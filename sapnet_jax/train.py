@@ -123,6 +123,8 @@ class Trainer:
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=self.tx.init(params), bad_step=jnp.full((), -1, jnp.int32),
                        bad_terms=jnp.zeros((), jnp.int32),
+                       # A copy: the step donates the state, and one buffer cannot be
+                       # donated twice.
                        ema=jax.tree.map(jnp.array, params) if self.ema_decay else None)
     return jax.device_put(state, self.replicated)
 
@@ -329,12 +331,11 @@ def _prepare_datasets(data: Any) -> None:
 def _ema_difference(stored: dict, current: dict) -> list[str]:
   # With EMA on, a checkpoint's params item is the average and its train_state holds the
   # trained params: a run cannot switch it on or off halfway.
-  on = [bool(c.get("train", {}).get("ema_decay", 0.0)) for c in (stored, current)]
-  if on[0] == on[1]:
+  decays = [c.get("train", {}).get("ema_decay", 0.0) for c in (stored, current)]
+  if bool(decays[0]) == bool(decays[1]):
     return []
-  return [f"train.ema_decay: checkpoint {stored['train'].get('ema_decay', 0.0)!r}, config "
-          f"{current['train'].get('ema_decay', 0.0)!r} (EMA cannot be switched on or off when "
-          "resuming; use a new workdir)"]
+  return [f"train.ema_decay: checkpoint {decays[0]!r}, config {decays[1]!r} (EMA cannot be "
+          "switched on or off when resuming; use a new workdir)"]
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:
@@ -368,8 +369,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                                       async_save=config.train.async_checkpoints,
                                       compare=models.architecture,
                                       val_metric=config.train.val_metric)
-  restored = ckpts.restore_latest(*trainer.checkpoint_items(state), model_config, data,
-                                  config=config.to_dict(), compare_config=_ema_difference)
+  restored = ckpts.restore_latest(
+      *trainer.checkpoint_items(state), model_config, data,
+      check_config=lambda stored: _ema_difference(stored, config.to_dict()))
   if restored is not None:
     step, params, rest = restored
     state = trainer.from_checkpoint_items(params, rest)

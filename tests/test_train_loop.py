@@ -100,11 +100,12 @@ def test_ema_run_validates_and_evaluates_the_average(data_dir, tmp_path):
   work = str(tmp_path)
   config = _config(data_dir, **{"train.num_steps": 4, "train.ema_decay": 0.9})
   result = train.train_and_evaluate(config, work)
-  rest = checkpoint.TrainCheckpoints(os.path.join(work, "checkpoints"))
+  import orbax.checkpoint as ocp
+  ckpts = checkpoint.TrainCheckpoints(os.path.join(work, "checkpoints"))
   ema = _final_params(work, 4)
-  stored = rest.manager.restore(4, args=rest._ocp.args.Composite(train_state=rest._ocp.args.StandardRestore()))
+  stored = ckpts.manager.restore(4, args=ocp.args.Composite(train_state=ocp.args.StandardRestore()))
   trained = checkpoint.flatten(jax.tree.map(np.asarray, dict(stored["train_state"]["params"])))
-  rest.close()
+  ckpts.close()
   assert sorted(trained) == sorted(ema)
   assert any(not np.array_equal(trained[k], ema[k]) for k in ema)  # the average is not the last
   # main --mode=eval scores the checkpoint's params (the average): the validation's number.
