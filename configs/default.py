@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
       seg_alpha=1.0,
       seg_gamma=2.0,
       seg_eps=1e-7,  # probabilities clamped to [eps, 1 - eps] (official FocalLoss)
-      seg_start_epoch=51,  # first 0-based epoch with the seg term (official: `epoch > 50`)
+      seg_start_epoch=51.0,  # 0-based epoch (may be fractional) of the first seg step: `epoch > 50`
       seg_num_classes=21,
       seg_resnet_depth=101,
       seg_decoder_init_std=0.01,  # official fpn.py; the paper says 0.05
@@ -103,10 +103,12 @@ def get_config() -> ml_collections.ConfigDict:
       # Weight files: a converted .npz (python -m sapnet_jax.convert) or the original
       # torchvision / timm / lpips file. None: the term fails naming the field, except seg,
       # which then runs a random but fixed encoder and logs that.
-      vgg_weights=None,
-      alexnet_weights=None,
-      lpips_weights=None,  # the LPIPS v0.1 linear layers of lpips_net
-      seg_encoder_weights=None,  # torchvision/timm ResNet-101
+      vgg_weights=ml_collections.config_dict.placeholder(str),
+      alexnet_weights=ml_collections.config_dict.placeholder(str),
+      # lpips_weights: the LPIPS v0.1 linear layers of lpips_net; seg_encoder_weights: a
+      # torchvision/timm ResNet-101. placeholder(str): None, settable from the command line.
+      lpips_weights=ml_collections.config_dict.placeholder(str),
+      seg_encoder_weights=ml_collections.config_dict.placeholder(str),
       perceptual_dtype="float32",  # float32 | bfloat16 (slower on CPU: docs/fidelity.md)
       remat=False,  # recompute the frozen nets' activations in backward (slower on CPU)
   ), type_safe=False)

@@ -42,6 +42,8 @@ from sapnet_jax.data import imageio
 
 GRAD_TERM = "gradients"
 # (model, frozen nets, batch, epoch) -> (scalar to minimise, {term name: scalar}); see objectives.
+# epoch is fractional (step / steps per epoch): `epoch >= 51` holds from the same step as the
+# official integer `epoch > 50`, and a shortened schedule may start a term mid-epoch.
 # The step logs the scalar as "total" beside the terms: no loss function adds it itself.
 LossFn = Callable[[nnx.Module, Any, dict, jax.Array], tuple[jax.Array, dict]]
 
@@ -151,7 +153,7 @@ class Trainer:
 
   def step_fn(self, state: TrainState, batch: dict, frozen: Any) -> tuple[TrainState, dict]:
     """One update (unjitted): returns the new state and the step's metrics."""
-    epoch = state.step // self.steps_per_epoch
+    epoch = state.step / self.steps_per_epoch
     (total, terms), grads = jax.value_and_grad(self.loss, has_aux=True)(
         state.params, frozen, batch, epoch)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)

@@ -138,6 +138,11 @@ def test_total_loss_terms_and_weights(setup):
       frozen, d, jnp.int32(50))
   assert float(early["seg"]) == 0.0
   assert float(early["pcl"]) == pytest.approx(float(terms["pcl"]), rel=1e-6)
+  # Training passes fractional epochs (step / steps per epoch); a fractional start is honoured.
+  cfg_frac = ml_collections.ConfigDict({**cfg.to_dict(), "seg_start_epoch": 1.5})
+  step = jax.jit(lambda fr, d, e: losses.total_loss(cfg_frac, fr, d, c, r, epoch=e)[1]["seg"])
+  assert float(step(frozen, d, jnp.float32(1.49))) == 0.0
+  assert float(step(frozen, d, jnp.float32(1.5))) == pytest.approx(float(terms["seg"]), rel=1e-5)
 
 
 def test_every_term_has_finite_nonzero_gradients(setup):
