@@ -20,13 +20,8 @@ import argparse
 import sys
 from typing import Sequence
 
-import numpy as np
 
 from sapnet_jax import evaluation, infer, pretrained
-
-
-def _identity(image: np.ndarray, **unused) -> np.ndarray:
-  return image
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       loaders, problems = evaluation.folder_samples(args.rainy, args.clean)
       source = {"rainy": args.rainy, "clean": args.clean}
     evaluation.check_problems(problems, args.skip_bad)
-    derainer = (_identity if args.weights == "identity"
+    derainer = (evaluation.identity if args.weights == "identity"
                 else infer.Derainer(pretrained.load(args.weights)))
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -43,9 +43,16 @@ CONVENTIONS = {
             "lower is better)",
     "brisque": "BRISQUE of the output, grey of the 8-bit image, LIVE SVR (brisque package "
                "0.2.0, not MATLAB brisque.m; lower is better)",
+    "lpips_alex": "LPIPS v0.1 AlexNet distance to the clean image, whole image, inputs in "
+                  "[-1, 1] (lpips package defaults; lower is better)",
     "niqe_input": "NIQE of the rainy input (same convention)",
     "brisque_input": "BRISQUE of the rainy input (same convention)",
 }
+
+
+def identity(image: np.ndarray, **unused) -> np.ndarray:
+  """The rainy input itself as the "model": the baseline row of results tables."""
+  return image
 
 
 class PairError(ValueError):
@@ -164,8 +171,13 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
                   reports: Reports, *, tile: int | None = infer.DEFAULT_TILE,
                   overlap: int = infer.DEFAULT_OVERLAP, quantize_mode: str = "round",
                   border: int = 0, skip_bad: bool = False, outputs_dir: str | None = None,
-                  grid: GridCollector | None = None, progress: bool = True) -> dict:
+                  grid: GridCollector | None = None, progress: bool = True,
+                  extra: Callable[[np.ndarray, np.ndarray], dict] | None = None,
+                  score_input: bool = True) -> dict:
   """De-rains and scores every sample; returns the summary (also written by `reports`).
+
+  `extra(out, clean)` adds metrics (keys of CONVENTIONS) to each pair's row; `score_input`
+  False leaves out the rainy input's NIQE/BRISQUE (the same for every model scored).
 
   A bad sample raises PairError naming its files, after the rows so far are written; with
   `skip_bad` it is listed in the report's "skipped" and the run goes on.
@@ -188,11 +200,13 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
         imageio.write_png(fileio.join(outputs_dir, os.path.splitext(sample.name)[0] + ".png"), out)
       if sample.clean is not None:
         row = metrics.score_pair(out, sample.clean, border)
+        if extra is not None:
+          row.update(extra(out, sample.clean))
         badness = -row["psnr_rgb"]
         images = [sample.rainy, out, sample.clean]
       else:
         try:
-          row = score_noref(out, sample.rainy, border)
+          row = score_noref(out, sample.rainy if score_input else None, border)
         except ValueError as e:  # e.g. too small for NIQE: a bad sample, like an unreadable one
           if not skip_bad:
             raise PairError(f"{sample.name}: {e}") from None
@@ -213,14 +227,17 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
   return reports.summary(complete=True)
 
 
-def score_noref(out: np.ndarray, rainy: np.ndarray, border: int = 0) -> dict[str, float]:
-  """NIQE and BRISQUE (sapnet_jax.noref_metrics) of the output and of the rainy input, less
-  `border` pixels on each side (for NIQE the same as BasicSR's crop_border)."""
+def score_noref(out: np.ndarray, rainy: np.ndarray | None, border: int = 0
+                ) -> dict[str, float]:
+  """NIQE and BRISQUE (sapnet_jax.noref_metrics) of the output and of the rainy input (unless
+  None), less `border` pixels on each side (for NIQE the same as BasicSR's crop_border)."""
   from sapnet_jax import noref_metrics  # deferred: only real photos need it (and SciPy)
-  if border:
-    out, rainy = out[border:-border, border:-border], rainy[border:-border, border:-border]
-  return {"niqe": noref_metrics.niqe(out), "brisque": noref_metrics.brisque(out),
-          "niqe_input": noref_metrics.niqe(rainy), "brisque_input": noref_metrics.brisque(rainy)}
+  crop = (slice(border, -border),) * 2 if border else (slice(None),) * 2
+  row = {"niqe": noref_metrics.niqe(out[crop]), "brisque": noref_metrics.brisque(out[crop])}
+  if rainy is not None:
+    row.update(niqe_input=noref_metrics.niqe(rainy[crop]),
+               brisque_input=noref_metrics.brisque(rainy[crop]))
+  return row
 
 
 def check_problems(problems: list[str], skip_bad: bool) -> None:
