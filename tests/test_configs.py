@@ -145,3 +145,19 @@ def test_finetune_pool_variants_add_the_clean_pool_at_a_smaller_lr(variant, batc
   assert config.data.dataset not in prepare.NO_MANUAL_DIR
   assert config.eval.sets.synthetic_val == "synthetic_rain/pool_rain100h:validation"
   assert config.optim.lr == 1e-6 and config.data.global_batch_size == batch
+
+
+def test_weight_files_and_fractional_epochs_are_settable_from_the_command_line():
+  """Fields that default to None take a path from the command line (configs/tpu_pod.py's
+  docstring shows one), and the seg term's start may be fractional (shortened schedules)."""
+  from ml_collections import config_flags
+  from absl import flags
+  argv = ["main", f"--config={REPO / 'configs/default.py'}", "--config.loss.vgg_weights=gs://b/v.npz",
+          "--config.loss.seg_encoder_weights=r101.pth", "--config.loss.seg_start_epoch=0.55"]
+  fv = flags.FlagValues()  # the overrides are read from sys_argv (default: sys.argv)
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  assert fv.config.loss.vgg_weights == "gs://b/v.npz"
+  assert fv.config.loss.seg_encoder_weights == "r101.pth"
+  assert fv.config.loss.seg_start_epoch == 0.55
+  assert fv.config.loss.alexnet_weights is None  # unset: still None, as the losses expect
