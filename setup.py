@@ -28,7 +28,8 @@ setup(
         "tqdm>=4.66",
         "numpy>=1.26",
         "scipy>=1.11",
-        "tensorboardX>=2.6",  # training event files (protobuf only, no TensorFlow)
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",  # the experiments' curves.png  # training event files (protobuf only, no TensorFlow)
     ],
     extras_require={
         # gs:// paths (etils.epath reaches buckets through fsspec's gcsfs)

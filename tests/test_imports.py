@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # Commands whose module is the command: no other module may import them (their functions live
 # in a library module beside them).
-CLI_MODULES = {"main", "derain", "evaluate", "compare", "data.demo"}
+CLI_MODULES = {"main", "derain", "evaluate", "compare", "data.demo", "experiments.__main__"}
 # Library modules that also offer a thin `python -m` command over their functions.
 TOOL_MODULES = {"convert", "data.prepare"}
 # What each module may import from the package, as prefixes of module names (CONTRIBUTING.md).

@@ -1,0 +1,178 @@
+"""The papers' ablation tables as one command: seeded runs, scores, intervals and curves.
+
+    python -m sapnet_jax.experiments --table attention|contrast|components|msnet \
+        --scale smoke|demo|paper --seeds N --workdir W
+
+Every (row, seed) is one `python -m sapnet_jax.main` run of the row's own config file in
+W/ROW/seed_S (seeds 0..N-1 set both `config.seed` and `config.data.seed`), one run at a time,
+each using every local device. Run again after a kill: finished runs are skipped, a killed run
+resumes from its checkpoint, finished scores are kept. Then every run's final weights are
+scored on the same sets: the held-out synthetic pairs, Rain100H (--rain100h: a folder with
+rainy/ and clean/, or a built "rain100h:test") and the real photos (--real: NIQE, BRISQUE),
+with LPIPS-Alex wherever there is a clean image. Writes W/table.json, W/table.md and
+W/curves.png. Scales: sapnet_jax/experiments/tables.py; results: docs/experiments.md.
+Run from the repository root (the configs folder is ./configs unless --configs_dir says).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+from sapnet_jax import evaluation, fileio, train
+from sapnet_jax.data import prepare
+from sapnet_jax.experiments import report, runner, scoring, tables
+
+SHARED = os.path.join("..", "shared")
+
+
+def _default(path: str) -> str | None:
+  return path if os.path.exists(path) else None
+
+
+def scoring_sets(rain100h: str | None, real: str | None) -> dict:
+  sets = {"synthetic_val": tables.SYNTHETIC_VAL}
+  if rain100h:
+    sets["rain100h"] = rain100h if ":" in rain100h and not os.path.isdir(rain100h) else {
+        "rainy": os.path.join(rain100h, "rainy"), "clean": os.path.join(rain100h, "clean")}
+  if real:
+    sets["real"] = {"rainy": real}
+  return sets
+
+
+def plan(table: tables.Table, scale: str, seeds: Sequence[int], workdir: str, configs_dir: str,
+         weights_dir: str | None, data_dir: str | None) -> tuple[list[runner.Run], dict]:
+  """The runs of the table, and per row its config spec and the flags the scale adds."""
+  runs, rows = [], {}
+  for row in table.rows:
+    config = tables.load_config(configs_dir, row, scale)
+    if data_dir:
+      config.data.data_dir = data_dir
+
+    def per_epoch(cfg):
+      if cfg.data.get("prepare"):
+        prepare.build(cfg.data.dataset, data_dir=cfg.data.get("data_dir"),
+                      manual_dir=cfg.data.get("manual_dir"))
+      return train.steps_per_epoch(cfg)
+
+    overrides = {**tables.scale_overrides(config, scale, per_epoch),
+                 **tables.weight_overrides(config, weights_dir)}
+    if data_dir:
+      overrides["data.data_dir"] = data_dir
+    tables.apply(config, overrides)
+    steps = train.total_steps(config, per_epoch(config))
+    spec = f"{configs_dir}/{row.config}:{row.variant_at(scale)}"
+    flags = [tables.flag(k, v) for k, v in overrides.items()]
+    rows[row.name] = {"config": spec, "args": flags, "runs": {},
+                      "curve_set": next(iter(config.eval.sets))}
+    for seed in seeds:
+      workdir_s = runner.run_dir(workdir, row.name, seed)
+      args = (f"--config={spec}", f"--workdir={workdir_s}", f"--config.seed={seed}",
+              f"--config.data.seed={seed}", *flags)
+      runs.append(runner.Run(row.name, seed, workdir_s, args, steps))
+  return runs, rows
+
+
+def _scored(out_dir: str, sets: dict, limit: int | None) -> dict | None:
+  results = {}
+  for name in sets:
+    path = fileio.join(out_dir, name, "metrics.json")
+    if not fileio.exists(path):
+      return None
+    summary = json.loads(fileio.read_text(path))
+    if not summary.get("complete") or summary.get("limit") != limit:
+      return None
+    results[name] = summary
+  return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m sapnet_jax.experiments", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--table", required=True, choices=sorted(tables.TABLES))
+  parser.add_argument("--scale", default="demo", choices=tables.SCALES)
+  parser.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1")
+  parser.add_argument("--workdir", required=True, metavar="W", help="a local folder")
+  parser.add_argument("--configs_dir", default="configs", metavar="DIR")
+  parser.add_argument("--weights_dir", default=_default(os.path.join(SHARED, "weights")),
+                      metavar="DIR", help="VGG-16, AlexNet and LPIPS weights laid out as the "
+                      "project's ../shared/weights (default: that folder if it exists)")
+  parser.add_argument("--rain100h", default=_default(os.path.join(SHARED, "data", "rain100h")),
+                      metavar="DIR|NAME:SPLIT", help="Rain100H test pairs (rainy/, clean/) or a "
+                      "built split; default ../shared/data/rain100h if it exists")
+  parser.add_argument("--real", default=_default(os.path.join(SHARED, "data", "real_rainy")),
+                      metavar="DIR", help="real rainy photos (NIQE, BRISQUE); default "
+                      "../shared/data/real_rainy if it exists")
+  parser.add_argument("--data_dir", metavar="DIR", help="TFDS data_dir of the built datasets")
+  args = parser.parse_args(argv)
+  if fileio.is_remote(args.workdir):
+    parser.error(f"--workdir={args.workdir}: must be a local folder (runs log into it)")
+  if args.seeds < 1:
+    parser.error("--seeds must be at least 1")
+  workdir = os.path.abspath(args.workdir)
+  table, seeds = tables.TABLES[args.table], list(range(args.seeds))
+  weights_dir = os.path.abspath(args.weights_dir) if args.weights_dir else None
+  try:
+    runs, rows = plan(table, args.scale, seeds, workdir, args.configs_dir, weights_dir,
+                      args.data_dir)
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  cwd = os.path.dirname(os.path.abspath(args.configs_dir))
+  env = dict(os.environ)
+  # Seeds of a row compile the same programs: XLA's persistent cache compiles them once.
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(workdir, ".jax_cache"))
+  fileio.makedirs(workdir)
+  durations = []
+  for k, run in enumerate(runs, 1):
+    record = runner.info(run)
+    if record is None:
+      print(f"[{k}/{len(runs)}] {table.name}/{run.row} seed {run.seed}: training "
+            f"({run.steps} steps) in {run.workdir}", flush=True)
+      try:
+        record = runner.train(run, cwd, env)
+      except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+      if not record.get("adopted"):
+        durations.append(record["wall_s"])
+    curve = runner.validation_curve(run.workdir, rows[run.row]["curve_set"])
+    left = [r for r in runs[k:] if runner.info(r) is None]
+    eta = (f"; about {len(left) * sum(durations) / len(durations) / 60:.1f} min left"
+           if durations and left else "")
+    last = f", last validation {list(curve.values())[-1]:.2f} dB" if curve else ""
+    took = "adopted" if record.get("adopted") else f"{record.get('wall_s', 0):.0f} s"
+    print(f"[{k}/{len(runs)}] {table.name}/{run.row} seed {run.seed}: done ({took}{last})"
+          f"{eta}", flush=True)
+    rows[run.row]["runs"][run.seed] = {"run": record, "curve": curve}
+
+  limit = tables.SCORE_LIMIT[args.scale]
+  sets = scoring_sets(args.rain100h, args.real)
+  metric = scoring.lpips_alex(weights_dir) if weights_dir else None
+  print(f"scoring {len(runs)} runs on {', '.join(sets)}"
+        + (f" (first {limit} images of each)" if limit else ""), flush=True)
+  for run in runs:
+    out = fileio.join(run.workdir, "scores")
+    results = _scored(out, sets, limit)
+    if results is None:
+      t0 = time.time()
+      results = scoring.score_run(run.workdir, sets, limit, metric, args.data_dir)
+      print(f"  {run.row} seed {run.seed}: scored in {time.time() - t0:.0f} s", flush=True)
+    rows[run.row]["runs"][run.seed]["scores"] = report.flatten_scores(results)
+  base_dir = fileio.join(workdir, "rainy_input")
+  baseline = _scored(base_dir, sets, limit) or scoring.score(
+      evaluation.identity, sets, base_dir, {"weights": "identity"}, limit, metric,
+      data_dir=args.data_dir)
+  data = report.build(table, args.scale, seeds, rows, report.flatten_scores(baseline))
+  report.write(data, workdir)
+  print(report.markdown(data))
+  print(f"wrote {workdir}/table.json, table.md, curves.png")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

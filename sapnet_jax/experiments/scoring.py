@@ -1,0 +1,70 @@
+"""Scoring every run of a table on the same sets, with evaluation's loop and reports.
+
+Sets with ground truth get the six full-reference numbers plus LPIPS-Alex (the lpips package's
+defaults: whole image in [-1, 1]); real photos get NIQE and BRISQUE of the output (the input's
+own scores are the same for every run, so they are computed once, as the "rainy input" row).
+Reports go to RUN/scores/SET/metrics.json in `python -m sapnet_jax.evaluate`'s format.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from sapnet_jax import checkpoint, evaluation, fileio, infer, loss_networks, losses
+
+Metric = Callable[[np.ndarray, np.ndarray], dict]
+
+
+def lpips_alex(weights_dir: str) -> Metric:
+  """LPIPS-Alex of an output against its clean image, from the frozen nets' weight files."""
+  cfg = ml_collections.ConfigDict(dict(
+      contrast="none", lpips_weight=1.0, lpips_net="alex", seg_weight=0.0,
+      perceptual_dtype="float32",
+      alexnet_weights=f"{weights_dir}/alexnet_imagenet/alexnet_features_hwio.npz",
+      lpips_weights=f"{weights_dir}/lpips/alex_v0.1.pth"))
+  nets = loss_networks.build_frozen_nets(cfg)
+  trunk, heads = nets.alexnet, nets.lpips_heads.as_dict()
+  distance = jax.jit(lambda x, y: losses.lpips(trunk, heads, x, y, net="alex", size=None))
+
+  def metric(out: np.ndarray, clean: np.ndarray) -> dict:
+    return {"lpips_alex": float(distance(out[None], clean[None])[0])}
+
+  return metric
+
+
+def report_path(run_dir: str, set_name: str) -> str:
+  return fileio.join(run_dir, "scores", set_name, "metrics.json")
+
+
+def score(derainer: Callable, sets: dict[str, Any], out_dir: str, meta: dict,
+          limit: int | None = None, extra: Metric | None = None, score_input: bool = False,
+          data_dir: str | None = None) -> dict[str, dict]:
+  """Scores `derainer` on the first `limit` images of each set (folder pairs, a photo folder
+  or a built "name:split"); returns {set: summary} and writes OUT_DIR/SET/metrics.json."""
+  results = {}
+  for name, spec in sets.items():
+    loaders, problems, set_meta = evaluation.set_samples(name, spec, data_dir)
+    evaluation.check_problems(problems, skip_bad=False)
+    if limit is not None:
+      loaders = list(itertools.islice(loaders, limit))
+    path = fileio.join(out_dir, name, "metrics.json")
+    reports = evaluation.Reports(path, None, {**meta, **set_meta, "limit": limit,
+                                              "quantize": "round"})
+    results[name] = evaluation.score_samples(derainer, loaders, reports, extra=extra,
+                                             score_input=score_input, progress=False)
+  return results
+
+
+def score_run(run_dir: str, sets: dict[str, Any], limit: int | None, extra: Metric | None,
+              data_dir: str | None = None) -> dict[str, dict]:
+  """Scores the final weights of a training run (its checkpoint's params: the EMA when on)."""
+  path = checkpoint.step_dir(fileio.join(run_dir, "checkpoints"))
+  derainer = infer.Derainer(checkpoint.load_model(path))
+  return score(derainer, sets, fileio.join(run_dir, "scores"),
+               {"checkpoint": path, "step": int(fileio.basename(path))}, limit, extra,
+               data_dir=data_dir)
