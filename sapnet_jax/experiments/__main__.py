@@ -49,32 +49,41 @@ def plan(table: tables.Table, scale: str, seeds: Sequence[int], workdir: str, co
   """The runs of the table, and per row its config spec and the flags the scale adds."""
   runs, rows = [], {}
   for row in table.rows:
-    config = tables.load_config(configs_dir, row, scale)
-    if data_dir:
-      config.data.data_dir = data_dir
-
-    def per_epoch(cfg):
-      if cfg.data.get("prepare"):
-        prepare.build(cfg.data.dataset, data_dir=cfg.data.get("data_dir"),
-                      manual_dir=cfg.data.get("manual_dir"))
-      return train.steps_per_epoch(cfg)
-
-    overrides = {**tables.scale_overrides(config, scale, per_epoch),
-                 **tables.weight_overrides(config, weights_dir)}
-    if data_dir:
-      overrides["data.data_dir"] = data_dir
-    tables.apply(config, overrides)
-    steps = train.total_steps(config, per_epoch(config))
     spec = f"{configs_dir}/{row.config}:{row.variant_at(scale)}"
-    flags = [tables.flag(k, v) for k, v in overrides.items()]
-    rows[row.name] = {"config": spec, "args": flags, "runs": {},
-                      "curve_set": next(iter(config.eval.sets))}
+    try:
+      rows[row.name], flags, steps = _plan_row(row, spec, scale, configs_dir, weights_dir,
+                                               data_dir)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{spec} (row {row.name}): {e}") from None
     for seed in seeds:
       workdir_s = runner.run_dir(workdir, row.name, seed)
       args = (f"--config={spec}", f"--workdir={workdir_s}", f"--config.seed={seed}",
               f"--config.data.seed={seed}", *flags)
       runs.append(runner.Run(row.name, seed, workdir_s, args, steps))
   return runs, rows
+
+
+def _plan_row(row: tables.Row, spec: str, scale: str, configs_dir: str, weights_dir: str | None,
+              data_dir: str | None) -> tuple[dict, list[str], int]:
+  config = tables.load_config(configs_dir, row, scale)
+  if data_dir:
+    config.data.data_dir = data_dir
+
+  def per_epoch(cfg) -> int:  # builds a dataset the config builds on first use (idempotent)
+    if cfg.data.get("prepare"):
+      prepare.build(cfg.data.dataset, data_dir=cfg.data.get("data_dir"),
+                    manual_dir=cfg.data.get("manual_dir"))
+    return train.steps_per_epoch(cfg)
+
+  overrides = {**tables.scale_overrides(config, scale, per_epoch),
+               **tables.weight_overrides(config, weights_dir)}
+  if data_dir:
+    overrides["data.data_dir"] = data_dir
+  tables.apply(config, overrides)
+  steps = train.total_steps(config, per_epoch(config))
+  flags = [tables.flag(k, v) for k, v in overrides.items()]
+  info = {"config": spec, "args": flags, "runs": {}, "curve_set": next(iter(config.eval.sets))}
+  return info, flags, steps
 
 
 def _scored(out_dir: str, sets: dict, limit: int | None) -> dict | None:

@@ -154,7 +154,13 @@ def weight_overrides(config: Any, weights_dir: str | None) -> dict[str, Any]:
   files = {"vgg_weights": "vgg16_imagenet/vgg16_features_hwio.npz",
            "alexnet_weights": "alexnet_imagenet/alexnet_features_hwio.npz",
            "lpips_weights": f"lpips/{config.loss.lpips_net}_v0.1.pth"}
-  return {f"loss.{k}": f"{weights_dir}/{v}" for k, v in files.items() if not config.loss[k]}
+  out = {f"loss.{k}": f"{weights_dir}/{v}" for k, v in files.items() if not config.loss[k]}
+  for path in out.values():
+    if not pathlib.Path(path).exists():
+      raise FileNotFoundError(f"{path}: no such weights file (--weights_dir={weights_dir} "
+                              "should hold vgg16_imagenet/, alexnet_imagenet/ and lpips/ as "
+                              "../shared/weights does)")
+  return out
 
 
 def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
