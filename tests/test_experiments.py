@@ -90,6 +90,24 @@ def test_summary_statistics():
   assert report.summarize([1.0])["ci95"] is None
 
 
+def _welch(a, b) -> list[float]:
+  a, b = np.asarray(a), np.asarray(b)
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+  half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+  d = a.mean() - b.mean()
+  return [d - half, d + half]
+
+
+def test_difference_to_the_reference_row():
+  a, b = [24.1, 23.2, 24.9], [22.0, 21.5, 22.6]
+  d = report.difference(a, b)
+  assert d["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+  assert d["ci95"] == pytest.approx(_welch(a, b), rel=1e-9)
+  assert d["ci95"][0] > 0  # these two are apart
+  assert report.difference([1.0], [2.0, 3.0])["ci95"] is None
+
+
 def test_failed_run_names_its_workdir_and_log(tmp_path):
   run = runner.Run("bad", 0, str(tmp_path / "bad" / "seed_0"),
                    ("--config=configs/no_such_config.py", f"--workdir={tmp_path}/bad/seed_0"), 6)
@@ -166,8 +184,16 @@ def test_contrast_table_smoke_resumes_and_matches_its_runs(tmp_path):
       val = json.loads((workdir / name / f"seed_{s}" / "eval" / "step_6" / "synthetic_val" /
                         "metrics.json").read_text())
       assert run["curve"]["6"] == val["means"]["psnr_rgb"]
+  assert data["reference"] == "pcl" and "vs_reference" not in data["rows"]["pcl"]
+  for name in ("no_cl", "l1_cl"):
+    for key, d in data["rows"][name]["vs_reference"].items():
+      mine = [_means_of(workdir / name / f"seed_{s}")[key] for s in (0, 1)]
+      ref = [_means_of(workdir / "pcl" / f"seed_{s}")[key] for s in (0, 1)]
+      assert d["diff"] == pytest.approx(np.mean(mine) - np.mean(ref), abs=1e-12)
+      if d["ci95"] is not None:
+        assert d["ci95"] == pytest.approx(_welch(mine, ref), rel=1e-9, abs=1e-12)
   assert data["rows"]["pcl"]["paper"]["rain100h/psnr_rgb"] == 29.46
   base = json.loads((workdir / "rainy_input" / "rain100h" / "metrics.json").read_text())
   assert data["rainy_input"]["rain100h/psnr_rgb"] == base["means"]["psnr_rgb"]
   md = (workdir / "table.md").read_text()
-  assert "| pcl |" in md and "29.46 / 0.897" in md
+  assert "| pcl |" in md and "29.46 / 0.897" in md and "Differences to `pcl`" in md

@@ -2,7 +2,10 @@
 
 For every metric of every row: the mean, the sample standard deviation (n - 1) and the 95%
 confidence interval of the mean, mean ± t(0.975, n - 1) · sd / √n (Student's t: a handful of
-seeds; no interval from one seed). The paper's figure sits beside ours where it has one.
+seeds; no interval from one seed). The paper's figure sits beside ours where it has one. Each
+row is also compared with the table's reference row (the paper's full model): the difference
+of the means with its 95% Welch interval (unequal variances), which says whether a difference
+is larger than the seeds' spread.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ def summarize(values: Sequence[float]) -> dict:
   return out
 
 
+def difference(values: Sequence[float], reference: Sequence[float]) -> dict:
+  """Mean of `values` minus mean of `reference`, with the 95% Welch t-interval and p-value."""
+  out = {"diff": float(np.mean(values) - np.mean(reference)), "ci95": None, "p": None}
+  if len(values) > 1 and len(reference) > 1 and (np.std(values) > 0 or np.std(reference) > 0):
+    test = stats.ttest_ind(values, reference, equal_var=False)
+    ci = test.confidence_interval(0.95)
+    out.update(ci95=[float(ci.low), float(ci.high)], p=float(test.pvalue))
+  return out
+
+
 def flatten_scores(results: dict[str, dict]) -> dict[str, float]:
   """{set: evaluation summary} -> {"set/metric": mean over the set's images}."""
   return {f"{s}/{k}": v for s, summary in results.items() for k, v in summary["means"].items()}
@@ -56,8 +69,15 @@ def build(table, scale: str, seeds: Sequence[int], rows: dict[str, dict],
         "runs": {str(s): r["runs"][s] for s in seeds},
         "wall_s": sum(x["wall_s"] for x in timed), "cpu_s": sum(x["cpu_s"] for x in timed),
         "adopted_runs": len(runs) - len(timed)}
+  ref = out_rows[table.reference]["stats"]
+  for name, r in out_rows.items():
+    if name != table.reference:
+      r["vs_reference"] = {k: difference(r["stats"][k]["values"], ref[k]["values"])
+                           for k in r["stats"] if k in ref}
   return {"table": table.name, "title": table.title, "scale": scale, "seeds": list(seeds),
-          "paper_source": table.paper_source, "rainy_input": baseline, "rows": out_rows,
+          "paper_source": table.paper_source, "reference": table.reference,
+          "curve_set": rows[table.rows[0].name].get("curve_set", "synthetic_val"),
+          "rainy_input": baseline, "rows": out_rows,
           "wall_s": sum(r["wall_s"] for r in out_rows.values()),
           "cpu_s": sum(r["cpu_s"] for r in out_rows.values())}
 
@@ -96,13 +116,36 @@ def markdown(data: dict) -> str:
       time_text += f" ({r['adopted_runs']} runs adopted, untimed)"
     lines.append(f"| {name} | " + " | ".join(_cell(r["stats"].get(c), digits[c])
                                             for c in columns) + f" | {paper_text} | {time_text} |")
+  ref = data["reference"]
+  lines += ["", f"Differences to `{ref}` (row − {ref}; 95% Welch interval; **bold**: the "
+            "interval excludes 0, a difference larger than the seeds' spread):", "",
+            "| row | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+  for name, r in data["rows"].items():
+    if name == ref:
+      continue
+    cells = []
+    for c in columns:
+      d = r["vs_reference"].get(c)
+      if d is None:
+        cells.append("—")
+        continue
+      text = f"{d['diff']:+.{digits[c]}f}"
+      if d["ci95"] is not None:
+        lo, hi = d["ci95"]
+        text += f" [{lo:+.{digits[c]}f}, {hi:+.{digits[c]}f}]"
+        if lo > 0 or hi < 0:
+          text = f"**{text}**"
+      cells.append(text)
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += ["", f"Total: wall {data['wall_s'] / 60:.1f} min, CPU {data['cpu_s'] / 60:.1f} min "
             "(training runs; scoring not included).", ""]
   return "\n".join(lines)
 
 
-def plot_curves(data: dict, path: str, set_name: str = "synthetic_val") -> None:
-  """Validation PSNR against step, one line per row (mean over seeds), seeds as a min-max band."""
+def plot_curves(data: dict, path: str) -> None:
+  """Validation PSNR against step, one line per row (mean over seeds), seeds as a min-max band,
+  and the rainy input's PSNR on the same set as a dashed line."""
+  set_name = data["curve_set"]
   import matplotlib  # deferred: only the plot needs it (and it is slow to import)
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # deferred: as above
@@ -115,6 +158,9 @@ def plot_curves(data: dict, path: str, set_name: str = "synthetic_val") -> None:
     values = np.array([[c[s] for s in steps] for c in curves])
     line, = ax.plot(steps, values.mean(0), marker="o", ms=3, label=name)
     ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+  base = data["rainy_input"].get(f"{set_name}/psnr_rgb")
+  if base is not None:
+    ax.axhline(base, color="grey", linestyle="--", linewidth=1, label="rainy input")
   ax.set_xlabel("step")
   ax.set_ylabel(f"{set_name} PSNR (RGB, dB)")
   ax.set_title(f"{data['table']} ({data['scale']}): mean over seeds {data['seeds']}, "

@@ -39,6 +39,7 @@ class Table:
   title: str
   rows: tuple[Row, ...]
   paper_source: str
+  reference: str  # the paper's full model, which every other row is compared with
 
 
 def _p(psnr: float, ssim: float) -> dict[str, float]:
@@ -52,13 +53,13 @@ TABLES = {t.name: t for t in (
         Row("ca", "attention_ablation.py", "ca", _p(28.89, 0.892)),
         Row("cra", "attention_ablation.py", "cra", _p(29.46, 0.897)),
         Row("conv", "attention_ablation.py", "conv"),  # in the text, not in the table
-    ), "Zheng et al. 2022, Table 2 (Rain100H)"),
+    ), "Zheng et al. 2022, Table 2 (Rain100H)", "cra"),
     Table("contrast", "SAPNet without a contrastive loss, with L1-CL or with PCL "
           "(SAPNet paper, Table 3)", (
               Row("no_cl", "contrast_ablation.py", "no_cl", _p(28.96, 0.888)),
               Row("l1_cl", "contrast_ablation.py", "l1_cl", _p(26.84, 0.853)),
               Row("pcl", "contrast_ablation.py", "pcl", _p(29.46, 0.897)),
-          ), "Zheng et al. 2022, Table 3 (Rain100H, 100 % of the training images)"),
+          ), "Zheng et al. 2022, Table 3 (Rain100H, 100 % of the training images)", "pcl"),
     Table("components", "SAPNet built up component by component (SAPNet paper, Table 4)", (
         Row("m1", "components_ablation.py", "m1", _p(27.94, 0.882)),
         Row("m2", "components_ablation.py", "m2", _p(28.34, 0.886)),
@@ -66,11 +67,11 @@ TABLES = {t.name: t for t in (
         Row("m4", "components_ablation.py", "m4", _p(28.93, 0.891)),
         Row("m5", "components_ablation.py", "m5", _p(29.36, 0.896)),
         Row("ours", "components_ablation.py", "ours", _p(29.46, 0.897)),
-    ), "Zheng et al. 2022, Table 4 (Rain100H)"),
+    ), "Zheng et al. 2022, Table 4 (Rain100H)", "ours"),
     Table("msnet", "MSNet semi-supervised against supervised only (Qiu et al. 2022)", (
         Row("semi", "msnet_semi.py", "paper", _p(30.68, 0.93), _MSNET),
         Row("supervised", "msnet_supervised.py", "paper", {}, _MSNET),
-    ), "Qiu et al. 2022, Table 1 (Rain100H; the paper has no supervised-only row)"),
+    ), "Qiu et al. 2022, Table 1 (Rain100H; the paper has no supervised-only row)", "semi"),
 )}
 SCALES = ("smoke", "demo", "paper")
 
