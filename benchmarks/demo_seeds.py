@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from sapnet_jax.experiments import runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL_SET = "synthetic_val"
@@ -32,13 +33,6 @@ REAL_KEYS = ("niqe", "brisque")
 
 def _label(config: str) -> str:
   return config.replace(":", "_")
-
-
-def _steps(workdir: str) -> list[int]:
-  root = os.path.join(workdir, "eval")
-  if not os.path.isdir(root):
-    return []
-  return sorted(int(d[5:]) for d in os.listdir(root) if re.fullmatch(r"step_\d+", d))
 
 
 def _val(workdir: str, step: int) -> dict:
@@ -70,7 +64,7 @@ def run(config: str, seed: int, workdir: str, extra: list[str]) -> dict:
                  "command": " ".join(["python", *cmd[4:]])}, f, indent=1)
   with open(timing) as f:
     info = json.load(f)
-  curve = {s: _val(workdir, s)["means"]["psnr_rgb"] for s in _steps(workdir)}
+  curve = runner.validation_curve(workdir, VAL_SET)
   return {**info, "curve": curve, "final": _val(workdir, max(curve))["means"]}
 
 

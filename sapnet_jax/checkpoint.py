@@ -115,15 +115,22 @@ def _load_npz(path: str, overrides: dict) -> nnx.Module:
   return fill_params(abstract_model(config, **overrides), unflatten(arrays), path)
 
 
+def saved_steps(path: str) -> list[int]:
+  """The committed steps (those with a `params` item) under a CheckpointManager root, sorted;
+  [] when there is none or no such folder."""
+  path = os.fspath(path)
+  if not fileio.is_dir(path):
+    return []
+  return sorted(int(d) for d in fileio.listdir(path)
+                if d.isdigit() and fileio.is_dir(fileio.join(path, d, PARAMS)))
+
+
 def step_dir(path: str, step: int | None = None) -> str:
   """Resolves a CheckpointManager root to its latest (or given) step; a step dir stays as is."""
   path = os.fspath(path)
   if fileio.is_dir(fileio.join(path, PARAMS)):
     return path
-  steps = []
-  if fileio.is_dir(path):
-    steps = sorted(int(d) for d in fileio.listdir(path)
-                   if d.isdigit() and fileio.is_dir(fileio.join(path, d, PARAMS)))
+  steps = saved_steps(path)
   if not steps:
     raise CheckpointError(f"{path}: no Orbax checkpoint with a '{PARAMS}' item found")
   if step is None:

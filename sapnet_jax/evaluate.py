@@ -20,7 +20,6 @@ import argparse
 import sys
 from typing import Sequence
 
-
 from sapnet_jax import evaluation, infer, pretrained
 
 

@@ -76,7 +76,7 @@ def build(table, scale: str, seeds: Sequence[int], rows: dict[str, dict],
                            for k in r["stats"] if k in ref}
   return {"table": table.name, "title": table.title, "scale": scale, "seeds": list(seeds),
           "paper_source": table.paper_source, "reference": table.reference,
-          "curve_set": rows[table.rows[0].name].get("curve_set", "synthetic_val"),
+          "curve_set": rows[table.rows[0].name]["curve_set"],
           "rainy_input": baseline, "rows": out_rows,
           "wall_s": sum(r["wall_s"] for r in out_rows.values()),
           "cpu_s": sum(r["cpu_s"] for r in out_rows.values())}

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from sapnet_jax import fileio
+from sapnet_jax import checkpoint, fileio
 
 RUN_FILE = "run.json"
 
@@ -43,10 +43,8 @@ def run_dir(workdir: str, row: str, seed: int) -> str:
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-  root = fileio.join(workdir, "checkpoints")
-  if not fileio.exists(root):
-    return []
-  return sorted(int(n) for n in fileio.listdir(root) if re.fullmatch(r"\d+", n))
+  """The run's committed checkpoint steps, sorted."""
+  return checkpoint.saved_steps(fileio.join(workdir, "checkpoints"))
 
 
 def info(run: Run) -> dict | None:

@@ -37,10 +37,6 @@ def lpips_alex(weights_dir: str) -> Metric:
   return metric
 
 
-def report_path(run_dir: str, set_name: str) -> str:
-  return fileio.join(run_dir, "scores", set_name, "metrics.json")
-
-
 def score(derainer: Callable, sets: dict[str, Any], out_dir: str, meta: dict,
           limit: int | None = None, extra: Metric | None = None, score_input: bool = False,
           data_dir: str | None = None) -> dict[str, dict]:
