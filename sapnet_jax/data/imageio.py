@@ -8,9 +8,12 @@ be local or URIs (gs://...): files are read and folders listed through `sapnet_j
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import re
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -106,34 +109,61 @@ def _to_rgb_float(im: Image.Image) -> np.ndarray:
   return np.asarray(im, dtype=np.float32) / 255.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+  """What a photo carries besides its pixels and is worth keeping on the de-rained copy."""
+  exif: bytes | None = None  # orientation reset to 1: the decoded pixels are already upright
+  icc_profile: bytes | None = None
+
+
+def _decode(f: BinaryIO, name: str) -> tuple[np.ndarray, Metadata]:
+  try:
+    with warnings.catch_warnings():
+      # A truncated or oversized file must fail loudly, not decode partly.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(f) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)  # also sets the orientation tag in im.info to 1
+        metadata = Metadata(im.info.get("exif") or None, im.info.get("icc_profile") or None)
+        rgb = _to_rgb_float(im)
+  except ImageReadError as e:
+    raise ImageReadError(f"{name}: {e}") from None
+  except UnidentifiedImageError:
+    raise ImageReadError(f"{name}: not an image file (format not recognized)") from None
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+          Image.DecompressionBombError) as e:
+    raise ImageReadError(f"{name}: cannot decode image ({e})") from None
+  if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+    raise ImageReadError(f"{name}: empty image")
+  return rgb, metadata
+
+
+def read_image_with_metadata(path: str | os.PathLike) -> tuple[np.ndarray, Metadata]:
+  """`read_image`, and the file's EXIF and ICC profile."""
+  path = os.fspath(path)
+  try:
+    with fileio.open_read(path) as f:
+      return _decode(f, path)
+  except FileNotFoundError:
+    raise ImageReadError(f"{path}: no such file") from None
+  except IsADirectoryError:
+    raise ImageReadError(f"{path}: is a directory") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """Returns the image at `path` as float32 (H, W, 3) in [0, 1], upright per its EXIF tag.
 
   Raises ImageReadError naming the file if it is missing, not an image, or corrupt.
   """
-  path = os.fspath(path)
-  try:
-    with warnings.catch_warnings():
-      # A truncated or oversized file must fail loudly, not decode partly.
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with fileio.open_read(path) as f, Image.open(f) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        rgb = _to_rgb_float(im)
-  except ImageReadError as e:
-    raise ImageReadError(f"{path}: {e}") from None
-  except FileNotFoundError:
-    raise ImageReadError(f"{path}: no such file") from None
-  except IsADirectoryError:
-    raise ImageReadError(f"{path}: is a directory") from None
-  except UnidentifiedImageError:
-    raise ImageReadError(f"{path}: not an image file (format not recognized)") from None
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
-          Image.DecompressionBombError) as e:
-    raise ImageReadError(f"{path}: cannot decode image ({e})") from None
-  if rgb.shape[0] < 1 or rgb.shape[1] < 1:
-    raise ImageReadError(f"{path}: empty image")
-  return rgb
+  return read_image_with_metadata(path)[0]
+
+
+def decode_image(data: bytes, name: str = "image") -> tuple[np.ndarray, Metadata]:
+  """Like `read_image_with_metadata` for bytes held in memory (an upload); errors name `name`.
+  What a file holds is decided by decoding it, never by its name or a declared type."""
+  if not data:
+    raise ImageReadError(f"{name}: empty file")
+  return _decode(io.BytesIO(data), name)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -141,9 +171,39 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
   return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-  """Writes float [0, 1] or uint8 RGB as an 8-bit PNG; an existing file is replaced whole."""
+FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg"}
+
+
+def encode_image(image: np.ndarray, format: str = "png", quality: int = 95,
+                 metadata: Metadata | None = None) -> bytes:
+  """Float [0, 1] or uint8 RGB as 8-bit PNG or JPEG bytes (`quality` 1..100 for JPEG), with
+  the EXIF and ICC profile of `metadata` when given."""
+  if format.lower() not in FORMATS:
+    raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+  if not 1 <= quality <= 100:
+    raise ValueError(f"quality must be in 1..100, got {quality}")
   if image.dtype != np.uint8:
     image = to_uint8(image)
+  kind = FORMATS[format.lower()]
+  options = {"quality": quality} if kind == "JPEG" else {}
+  if metadata is not None and metadata.exif:
+    options["exif"] = metadata.exif
+  if metadata is not None and metadata.icc_profile:
+    options["icc_profile"] = metadata.icc_profile
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format=kind, **options)
+  return buffer.getvalue()
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, format: str = "png",
+                quality: int = 95, metadata: Metadata | None = None) -> None:
+  """`encode_image` into a file; an existing file is replaced whole."""
+  data = encode_image(image, format, quality, metadata)
   with atomic_write(path) as f:
-    Image.fromarray(image).save(f, format="PNG")
+    f.write(data)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Writes float [0, 1] or uint8 RGB as an 8-bit PNG; an existing file is replaced whole."""
+  write_image(path, image, "png")
