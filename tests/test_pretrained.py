@@ -1,7 +1,10 @@
 """The weights registry: shipped weights, cached downloads (no network), paths."""
 
+import dataclasses
 import hashlib
 import io
+import json
+import os
 import shutil
 
 import numpy as np
@@ -73,3 +76,50 @@ def test_paths_and_unknown_names(tmp_path):
   assert pretrained.load(str(tmp_path / "prn.npz")).cfg == model.cfg
   with pytest.raises(pretrained.UnknownWeightsError, match="sapnet-rain100h"):
     pretrained.load("sapnet-rain800")
+
+
+# ---- the listing: python -m sapnet_jax.pretrained ---------------------------------------------
+def _rows(capsys, *flags):
+  assert pretrained.main(["--json", *flags]) == 0
+  return {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+
+
+def test_listing_shows_cache_states_without_downloading(offline_cache, monkeypatch, capsys):
+  # Cached with the right hash, tampered, absent; the network is off. A stand-in payload and
+  # its hash keep this test free of ../shared (the real files' hashes: tests above).
+  payload = b"official weights" * 100
+  entry = dataclasses.replace(pretrained.REGISTRY["prenet-rain100h"],
+                              sha256=hashlib.sha256(payload).hexdigest())
+  monkeypatch.setitem(pretrained.REGISTRY, "prenet-rain100h", entry)
+  (offline_cache / "prenet-rain100h.pth").write_bytes(payload)
+  (offline_cache / "prn-rain100h.pth").write_bytes(b"tampered")
+  rows = _rows(capsys)
+  assert list(rows) == list(pretrained.REGISTRY)
+  assert rows["sapnet-rain100h"]["state"] == "shipped" and rows["sapnet-rain100h"]["default"]
+  assert [name for name, row in rows.items() if row["default"]] == [pretrained.DEFAULT]
+  assert rows["prenet-rain100h"]["state"] == "cached"
+  assert rows["prenet-rain100h"]["path"] == str(offline_cache / "prenet-rain100h.pth")
+  assert rows["prn-rain100h"]["state"] == "wrong hash"
+  assert rows["prenet-rain100l"]["state"] == "not downloaded"
+  assert sorted(p.name for p in offline_cache.iterdir()) == ["prenet-rain100h.pth",
+                                                             "prn-rain100h.pth"]
+  assert pretrained.main([]) == 0
+  text = capsys.readouterr().out
+  assert "sapnet-rain100h  (default)" in text
+  assert f"cached at {offline_cache / 'prenet-rain100h.pth'} (SHA-256 verified)" in text
+  assert "SHA-256 does not match" in text and "not downloaded (fetched on first use" in text
+
+
+def test_listing_names_source_and_licence(offline_cache, capsys):
+  rows = _rows(capsys)
+  shipped = rows["sapnet-rain100h"]
+  assert shipped["shipped"] and shipped["licence"].startswith("MIT")
+  assert shipped["source"] == "https://github.com/ShenZheng2000/SAPNet-for-image-deraining"
+  assert os.path.exists(shipped["path"]) and shipped["path"].startswith(pretrained.WEIGHTS_DIR)
+  for name in ("prenet-rain100h", "prenet-rain100l", "prn-rain100h"):
+    row = rows[name]
+    assert not row["shipped"] and row["source"] == pretrained.REGISTRY[name].url
+    assert row["source"].startswith("https://github.com/csdwren/PReNet/") and len(row["sha256"]) == 64
+    assert "not redistributed" in row["licence"]
+  assert not any(entry.file and not os.path.exists(os.path.join(pretrained.WEIGHTS_DIR, entry.file))
+                 for entry in pretrained.REGISTRY.values())
