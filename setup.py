@@ -14,7 +14,7 @@ setup(
     packages=find_packages(include=["sapnet_jax", "sapnet_jax.*"]),
     package_data={"sapnet_jax": ["weights/*.npz", "weights/LICENSE-*.txt", "iqa_params/*.npz",
                                  "iqa_params/README.txt", "data/demo_images/*.jpg",
-                                 "data/demo_images/README.md"]},
+                                 "data/demo_images/README.md", "web/*"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",

@@ -68,6 +68,7 @@ function showResult(card, file, blob, xhr) {
   const slider = card.querySelector(".slider");
   const split = () => {
     card.querySelector(".before").style.clipPath = `inset(0 ${100 - slider.value}% 0 0)`;
+    card.querySelector(".divider").style.left = `${slider.value}%`;
   };
   slider.addEventListener("input", split);
   split();

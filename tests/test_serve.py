@@ -1,0 +1,389 @@
+"""The HTTP API of `python -m sapnet_jax.serve` (sapnet_jax.serving) with a tiny random model:
+odd and bad uploads, limits, tiling, formats and metadata, batching, the CLI's checks, and a
+short load test. Most tests use Starlette's in-process client; the batching and early-refusal
+tests use a real uvicorn server on a free 127.0.0.1 port, started here."""
+
+import asyncio
+import io
+import itertools
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+import uvicorn
+from flax import nnx
+from PIL import Image, ImageCms
+from starlette.testclient import TestClient
+
+from conftest import REPO
+from imagefiles import jpeg_with_orientation, png16
+from sapnet_jax import checkpoint, infer, models, serve, serving
+from sapnet_jax.data.imageio import decode_image, to_uint8
+from sapnet_jax.models import pdu
+
+RNG = np.random.default_rng(7)
+# Small enough to keep compiles short, and chosen so the odd kinds (21x34) go whole, a 70x90
+# image is tiled and a 150x150 one is over the pixel limit.
+LIMITS = serving.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8, max_batch=4,
+                        batch_wait_ms=5)
+
+
+@pytest.fixture(scope="module")
+def model():
+  cfg = pdu.PDUConfig(channels=4, reduction=2, stages=2, num_blocks=2)
+  return pdu.PDUNet(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def derainer(model):
+  return infer.Derainer(model)
+
+
+@pytest.fixture(scope="module")
+def client(model, derainer):
+  app = serving.create_app(model, "tiny", description="a tiny random model", limits=LIMITS,
+                           derainer=derainer)
+  with TestClient(app) as c:  # one event loop for the module, lifespan run
+    yield c
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def pixels(data: bytes) -> np.ndarray:
+  return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def odd_uploads(folder) -> dict[str, tuple[bytes, tuple[int, int]]]:
+  """The derain tests' odd kinds, as {file name: (bytes, expected (height, width))}."""
+  folder.mkdir(exist_ok=True)
+  rgb = RNG.integers(0, 256, (21, 34, 3), dtype=np.uint8)
+  Image.fromarray(rgb[..., 0]).save(folder / "grey.png")
+  Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(folder / "rgba.png")
+  png16(folder / "deep.png", RNG.integers(0, 65536, (21, 34, 3), dtype=np.uint16))
+  png16(folder / "deepgrey.png", RNG.integers(0, 65536, (21, 34, 1), dtype=np.uint16))
+  jpeg_with_orientation(folder / "rotated.jpg", rgb, 6)  # stored 21x34, shown 34x21
+  Image.fromarray(rgb[:1, :1]).save(folder / "dot.png")
+  Image.fromarray(rgb[:, :33]).save(folder / "odd.bmp")
+  Image.fromarray(rgb).convert("P").save(folder / "palette.gif")
+  Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+  shapes = {"grey.png": (21, 34), "rgba.png": (21, 34), "deep.png": (21, 34),
+            "deepgrey.png": (21, 34), "rotated.jpg": (34, 21), "dot.png": (1, 1),
+            "odd.bmp": (21, 33), "palette.gif": (21, 34), "cmyk.jpg": (21, 34)}
+  return {name: ((folder / name).read_bytes(), hw) for name, hw in shapes.items()}
+
+
+@pytest.mark.parametrize("how", ["raw", "multipart"])
+def test_every_odd_kind_gives_an_image_of_its_size(client, tmp_path, how):
+  for name, (data, (h, w)) in odd_uploads(tmp_path / how).items():
+    if how == "raw":
+      r = client.post("/v1/derain", content=data, headers={"Content-Type": "application/octet-stream"})
+    else:  # the declared type is wrong on purpose: content is judged by decoding
+      r = client.post("/v1/derain", files={"image": (name, data, "text/plain")})
+    assert r.status_code == 200, (name, r.text)
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["x-image-size"] == f"{w}x{h}"
+    im = Image.open(io.BytesIO(r.content))
+    assert im.format == "PNG" and im.mode == "RGB" and im.size == (w, h), name
+    stem = os.path.splitext(name)[0] if how == "multipart" else "image"
+    assert f'filename="{stem}_derained.png"' in r.headers["content-disposition"]
+
+
+def _truncated_png() -> bytes:
+  data = png_bytes(RNG.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+  return data[:len(data) // 2]
+
+
+@pytest.mark.parametrize("request_kwargs, status, reason", [
+    ({"content": b"\xff\xd8\xff\xe0 truncated jpeg"}, 400, "upload: cannot decode image"),
+    ({"content": b"hello, not an image"}, 400, "upload: not an image"),
+    ({"content": _truncated_png()}, 400, "upload: cannot decode image"),
+    ({"content": b""}, 400, "upload: empty request body"),
+    ({"files": {"image": ("notes.png", b"<html>a page named .png</html>", "image/png")}}, 400,
+     "notes.png: not an image"),
+    ({"files": {"image": ("corrupt.jpg", b"\xff\xd8\xff\xe0 truncated jpeg", "image/jpeg")}}, 400,
+     "corrupt.jpg: cannot decode image"),
+    ({"files": {"image": ("empty.png", b"", "image/png")}}, 400, "empty.png: empty file"),
+    ({"files": {"photo": ("a.png", b"x", "image/png")}}, 400, "no field 'image'"),
+    ({"data": {"image": "not a file"}, "files": {"other": ("a.txt", b"x", "text/plain")}}, 415,
+     "'image' is text, not a file"),
+    ({"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data"}}, 400,
+     "bad multipart body"),
+])
+def test_bad_uploads_get_a_4xx_json_reason(client, request_kwargs, status, reason):
+  r = client.post("/v1/derain", **request_kwargs)
+  assert r.status_code == status, r.text
+  assert r.headers["content-type"] == "application/json"
+  assert reason in r.json()["error"], r.json()
+  assert "Traceback" not in r.text
+
+
+@pytest.mark.parametrize("query, reason", [
+    ("format=gif", "format must be png or jpg"),
+    ("quality=0", "quality must be an integer in 1..100"),
+    ("quality=high", "quality must be an integer in 1..100"),
+    ("size=10", "unknown parameter(s) ['size']"),
+])
+def test_bad_query_values(client, query, reason):
+  r = client.post(f"/v1/derain?{query}", content=png_bytes(np.zeros((4, 4, 3), np.uint8)))
+  assert r.status_code == 400 and reason in r.json()["error"]
+
+
+def test_router_errors_are_json(client):
+  assert client.get("/v1/derain").status_code == 405
+  assert client.get("/v1/derain").json()["error"] == "/v1/derain: method GET not allowed"
+  r = client.get("/v2/derain")
+  assert r.status_code == 404 and "no such endpoint" in r.json()["error"]
+
+
+def asgi_post(app, headers: dict[str, str], chunks) -> tuple[int, dict, int]:
+  """POSTs `chunks` to /v1/derain straight through the ASGI interface; returns (status, JSON
+  answer, bytes the app pulled from the body): a client whose body is never read in full."""
+  sent, pulled = [], [0]
+
+  async def run():
+    it = iter(chunks)
+
+    async def receive():
+      chunk = next(it, None)
+      if chunk is None:
+        return {"type": "http.request", "body": b"", "more_body": False}
+      pulled[0] += len(chunk)
+      return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+      sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/derain", "raw_path": b"/v1/derain", "query_string": b"",
+             "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    await asyncio.wait_for(app(scope, receive, send), 30)
+
+  asyncio.run(run())
+  body = b"".join(m.get("body", b"") for m in sent[1:])
+  return sent[0]["status"], json.loads(body), pulled[0]
+
+
+def test_oversized_uploads_are_refused_without_reading_them(client):
+  app, chunk = client.app, b"\0" * 65536
+  # An endless body: refused as soon as it passes the limit, raw or multipart.
+  status, answer, pulled = asgi_post(app, {}, itertools.repeat(chunk))
+  assert status == 413 and "over the limit of 300000 bytes" in answer["error"]
+  assert pulled <= LIMITS.max_bytes + len(chunk)
+  head = b'--B\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n'
+  status, answer, pulled = asgi_post(app, {"Content-Type": "multipart/form-data; boundary=B"},
+                                     itertools.chain([head], itertools.repeat(chunk)))
+  assert status == 413 and pulled <= LIMITS.max_bytes + len(chunk)
+  # A declared length over the limit: refused before any byte is read.
+  status, answer, pulled = asgi_post(app, {"Content-Length": str(10**10)}, itertools.repeat(chunk))
+  assert status == 413 and "Content-Length 10000000000" in answer["error"] and pulled == 0
+
+
+def test_over_the_pixel_limit_is_refused_from_the_header(client):
+  r = client.post("/v1/derain", files={"image": ("big.png", png_bytes(np.zeros((150, 150, 3), np.uint8)))})
+  assert r.status_code == 413
+  assert r.json()["error"] == "big.png: 150x150 is 22500 pixels, over the limit of 20000"
+  # A PNG that says it is 100000x100000 (a decompression bomb), on almost no data: refused
+  # from its header, never decoded.
+  def chunk(tag, data):
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+  bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+          + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+  r = client.post("/v1/derain", content=bomb)
+  assert r.status_code == 413, r.text
+  assert r.json()["error"].startswith("upload: over the limit of 20000 pixels (Image size "
+                                      "(10000000000 pixels)")
+
+
+def test_large_images_are_tiled_like_the_library(client, derainer):
+  image = RNG.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+  r = client.post("/v1/derain", content=png_bytes(image))
+  assert r.status_code == 200, r.text
+  assert r.headers["x-tiles"] == "6" and r.headers["x-batch-size"] == "1"
+  expected = derainer(image.astype(np.float32) / 255, tile=LIMITS.tile, overlap=LIMITS.overlap)
+  np.testing.assert_array_equal(pixels(r.content), to_uint8(expected))
+
+
+def test_jpeg_output(client):
+  image = png_bytes(RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8))
+  sizes = {}
+  for query, headers in (("?format=jpg", {}), ("?format=jpg&quality=10", {}),
+                         ("", {"Accept": "image/jpeg"})):
+    r = client.post(f"/v1/derain{query}", content=image, headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", r.text
+    im = Image.open(io.BytesIO(r.content))
+    assert im.format == "JPEG" and im.size == (40, 24)
+    assert r.headers["content-disposition"].endswith('_derained.jpg"')
+    sizes[query] = len(r.content)
+  assert sizes["?format=jpg&quality=10"] < sizes["?format=jpg"]
+
+
+def test_exif_and_icc_profile_are_kept(client):
+  icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+  exif = Image.Exif()
+  exif[0x010F] = "RainCam"  # Make
+  exif[0x0112] = 6  # rotated: the result is upright, so its orientation tag must be reset
+  buffer = io.BytesIO()
+  Image.fromarray(RNG.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(
+      buffer, format="JPEG", exif=exif, icc_profile=icc)
+  for query in ("", "?format=jpg"):
+    r = client.post(f"/v1/derain{query}", content=buffer.getvalue())
+    assert r.status_code == 200, r.text
+    im = Image.open(io.BytesIO(r.content))
+    assert im.size == (16, 24)
+    assert im.info.get("icc_profile") == icc
+    assert im.getexif().get(0x010F) == "RainCam" and im.getexif().get(0x0112, 1) == 1
+
+
+def test_healthz_and_models(client, model):
+  assert client.get("/healthz").json() == {"status": "ok", "model": "tiny"}
+  answer = client.get("/v1/models").json()
+  (info,) = answer["models"]
+  assert info["name"] == "tiny" and info["description"] == "a tiny random model"
+  assert info["family"] == "pdu" and info["config"]["channels"] == 4
+  assert info["parameters"] == models.count_params(model)
+  assert answer["limits"]["max_pixels"] == LIMITS.max_pixels and answer["limits"]["tile"] == 48
+
+
+def test_page_and_its_files_load_nothing_from_elsewhere(client):
+  r = client.get("/")
+  assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
+  for path in ("/", "/static/app.js", "/static/style.css"):
+    text = client.get(path).text
+    assert client.get(path).status_code == 200
+    assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
+  assert 'type="file"' in r.text and "multiple" in r.text and 'type="range"' in r.text
+
+
+def test_batched_results_equal_single_ones(derainer):
+  # Before rounding: three same-size images submitted together go in one batch, and each
+  # result equals the image de-rained alone within 1e-6 (float sums may be ordered otherwise).
+  from sapnet_jax.serving_batch import Batcher  # the batcher alone, without HTTP
+  images = RNG.random((3, 20, 28, 3), dtype=np.float32)
+  batcher = Batcher(derainer, max_batch=4, wait_s=0.5)
+
+  async def together():
+    return await asyncio.gather(*(batcher.derain(im) for im in images))
+
+  results = asyncio.run(asyncio.wait_for(together(), 60))
+  batcher.close()
+  assert [r.batch_size for r in results] == [3, 3, 3]
+  for image, result in zip(images, results):
+    alone = np.asarray(derainer.batch(image[None]))[0]
+    np.testing.assert_allclose(result.image, alone, atol=1e-6, rtol=0)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(model, derainer):
+  """The app under a real uvicorn on a free 127.0.0.1 port, batching up to 4 images that
+  arrive within 300 ms of each other."""
+  limits = serving.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8,
+                          max_batch=4, batch_wait_ms=300)
+  app = serving.create_app(model, "tiny", limits=limits, derainer=derainer)
+  port = free_port()
+  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  deadline = time.monotonic() + 30
+  while not server.started:
+    assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+    time.sleep(0.05)
+  yield f"http://127.0.0.1:{port}"
+  server.should_exit = True
+  thread.join(10)
+
+
+def test_concurrent_requests_are_batched_by_size(live_server):
+  import httpx  # the test extra's client; a real socket to the live server
+  small = [png_bytes(RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)) for _ in range(4)]
+  other = [png_bytes(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(2)]
+  with httpx.Client(base_url=live_server, timeout=60) as c:
+    alone = [c.post("/v1/derain", content=d) for d in small + other]  # also compiles N=1
+    assert all(r.status_code == 200 and r.headers["x-batch-size"] == "1" for r in alone)
+  uploads = small + other
+  answers = [None] * len(uploads)
+  start = threading.Barrier(len(uploads))
+
+  def post(i):
+    with httpx.Client(base_url=live_server, timeout=60) as c:
+      start.wait(10)
+      answers[i] = c.post("/v1/derain", files={"image": (f"{i}.png", uploads[i])})
+
+  threads = [threading.Thread(target=post, args=(i,)) for i in range(len(uploads))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(90)
+  assert all(a is not None and a.status_code == 200 for a in answers), answers
+  assert [a.headers["x-batch-size"] for a in answers] == ["4"] * 4 + ["2"] * 2
+  for a, single in zip(answers, alone):
+    assert a.content == single.content  # byte-equal PNGs: batching changes no pixel
+
+
+def test_live_server_refuses_a_huge_declared_body_at_once(live_server):
+  host, port = live_server.removeprefix("http://").split(":")
+  with socket.create_connection((host, int(port)), timeout=10) as s:
+    s.sendall(b"POST /v1/derain HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000000\r\n\r\n")
+    answer = s.recv(65536).decode()
+  assert answer.startswith("HTTP/1.1 413") and "over the limit" in answer
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-batch", "0"], "--max-batch must be >= 1"),
+    (["--port", "0"], "--port must be in 1..65535"),
+    (["--tile", "-1"], "--tile must be >= 0"),
+    (["--tile", "64", "--overlap", "64"], "0 <= overlap < tile"),
+    (["--max-pixels", "0"], "--max-pixels must be >= 1"),
+    (["--max-bytes", "-5"], "--max-bytes must be >= 1"),
+    (["--batch-wait-ms", "-1"], "--batch-wait-ms must be in 0..10000"),
+    (["--port", "http"], "invalid int value"),
+])
+def test_cli_refuses_bad_flags_before_serving(flags, message, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    serve.main(flags + ["--no-compile-cache"])
+  assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_unknown_weights_and_default_host(capsys):
+  assert serve.main(["--weights", "nope", "--no-compile-cache"]) == 2
+  assert "registered weights name" in capsys.readouterr().err
+  args, limits = serve.parse_args([])
+  assert args.host == "127.0.0.1" and limits == serving.Limits()
+  assert serve.display_name("sapnet-rain100h") == "sapnet-rain100h"
+  assert serve.display_name(os.path.join("some", "dir", "tiny.npz")) == "tiny.npz"
+
+
+def test_load_benchmark_runs_small(model, tmp_path):
+  weights = tmp_path / "tiny.npz"
+  checkpoint.save_model(model, weights)
+  out = tmp_path / "load.json"
+  run = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "load_serve.py"), "--weights", str(weights),
+       "--clients", "4", "--seconds", "5", "--size", "32", "--out", str(out),
+       "--no-compile-cache"], cwd=REPO, capture_output=True, text=True, timeout=180)
+  assert run.returncode == 0, run.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report["errors"] == 0 and report["requests"] >= 4
+  lat = report["latency_s"]
+  assert 0 < lat["p50"] <= lat["p95"] <= lat["max"] < 60
+  assert report["throughput_rps"] > 0 and report["clients"] == 4
+  assert sum(report["batch_sizes"].values()) == report["requests"]

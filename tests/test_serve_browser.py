@@ -1,0 +1,158 @@
+"""The de-raining page in a real browser: `python -m sapnet_jax.serve` with the shipped weights
+as a subprocess on a free 127.0.0.1 port, driven through Debian's headless chromium with
+selenium. A rainy photo and a text file named .png are uploaded together through the file
+input; the photo's result read back from the page must equal what the API returns for the
+same upload, the text file must show its error, and the before/after slider must move the
+split. A screenshot is kept in $SAPNET_TEST_ARTIFACTS (else <repo>/test-artifacts/)."""
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromedriver (apt-get install chromium chromium-driver)")
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra)")
+httpx = pytest.importorskip("httpx", reason="needs httpx (the test extra)")
+from selenium.webdriver.chrome.service import Service  # noqa: E402 - after the skips above
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("SAPNET_TEST_ARTIFACTS") or REPO / "test-artifacts")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+  port = free_port()
+  log = tmp_path_factory.mktemp("serve") / "serve.log"
+  with open(log, "wb") as out:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sapnet_jax.serve", "--weights", "sapnet-rain100h", "--port",
+         str(port), "--no-compile-cache"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+  url = f"http://127.0.0.1:{port}"
+  try:
+    deadline = time.monotonic() + 60
+    while True:
+      assert process.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
+      assert time.monotonic() < deadline, f"the server did not start: {log.read_text()[-2000:]}"
+      try:
+        if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+          break
+      except httpx.TransportError:
+        time.sleep(0.2)
+    yield url
+  finally:
+    process.terminate()
+    try:
+      process.wait(15)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait(5)
+
+
+@pytest.fixture
+def browser(tmp_path):
+  options = webdriver.ChromeOptions()
+  options.binary_location = str(CHROMIUM)
+  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-quic", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--window-size=1000,1100",
+              f"--user-data-dir={tmp_path / 'chromium'}"):
+    options.add_argument(arg)
+  options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+  driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+  driver.set_page_load_timeout(30)
+  driver.set_script_timeout(30)
+  try:
+    yield driver
+  finally:
+    driver.quit()
+
+
+def rainy_photo(path: Path) -> Path:
+  # The example photo at 60 %: the shipped network de-rains it in about a second here.
+  im = Image.open(REPO / "examples" / "rain-064.jpg").convert("RGB")
+  im.resize((288, 192), Image.Resampling.LANCZOS).save(path, quality=92)
+  return path
+
+
+FETCH_BLOB = """
+const [url, done] = arguments;
+fetch(url).then((r) => r.blob()).then((blob) => {
+  const reader = new FileReader();
+  reader.onload = () => done(reader.result.split(",")[1]);
+  reader.readAsDataURL(blob);
+}).catch((e) => done("error: " + e));
+"""
+
+
+def test_upload_compare_and_download(server, browser, tmp_path):
+  photo = rainy_photo(tmp_path / "rainy.jpg")
+  bad = tmp_path / "notes.png"
+  bad.write_text("a text file with an image's name")
+  browser.get(server)
+  WebDriverWait(browser, 10).until(
+      lambda d: d.find_element(By.ID, "model").text.startswith("Model: sapnet-rain100h"))
+  browser.find_element(By.ID, "files").send_keys(f"{photo}\n{bad}")
+  cards = WebDriverWait(browser, 60).until(lambda d: [
+      c for c in d.find_elements(By.CSS_SELECTOR, "#results .card")
+      if c.get_attribute("data-state") in ("done", "error")] if len(
+          d.find_elements(By.CSS_SELECTOR, "#results .card[data-state=done], "
+                          "#results .card[data-state=error]")) == 2 else None)
+  good, failed = sorted(cards, key=lambda c: c.find_element(By.CLASS_NAME, "name").text != "rainy.jpg")
+  assert good.get_attribute("data-state") == "done", good.text
+  assert failed.get_attribute("data-state") == "error"
+  assert "notes.png: not an image" in failed.find_element(By.CLASS_NAME, "error").text
+
+  # The result on the page is what the API gives for the same upload.
+  link = good.find_element(By.CLASS_NAME, "download")
+  assert link.get_attribute("download") == "rainy_derained.png"
+  encoded = browser.execute_async_script(FETCH_BLOB, link.get_attribute("href"))
+  assert not encoded.startswith("error"), encoded
+  shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("RGB"))
+  api = httpx.post(f"{server}/v1/derain", content=photo.read_bytes(), timeout=60)
+  assert api.status_code == 200
+  assert shown.shape == (192, 288, 3)
+  np.testing.assert_array_equal(shown, np.asarray(Image.open(io.BytesIO(api.content)).convert("RGB")))
+  for cls in ("before", "after"):
+    assert browser.execute_script(
+        "return arguments[0].naturalWidth", good.find_element(By.CLASS_NAME, cls)) == 288
+
+  # The slider moves the split: all "after" at the left end, half and half in the middle.
+  slider = good.find_element(By.CLASS_NAME, "slider")
+  assert slider.accessible_name == "Before/after split for rainy.jpg"
+  before = good.find_element(By.CLASS_NAME, "before")
+  slider.send_keys(Keys.HOME)
+  assert before.value_of_css_property("clip-path") == "inset(0px 100% 0px 0px)"
+  slider.send_keys(Keys.END)
+  assert before.value_of_css_property("clip-path") == "inset(0px 0% 0px 0px)"
+  browser.execute_script("arguments[0].value = 50; arguments[0].dispatchEvent(new Event('input'))",
+                         slider)
+  assert before.value_of_css_property("clip-path") == "inset(0px 50% 0px 0px)"
+
+  # Nothing failed to load and the page's policy refused nothing (the bad upload's 400 aside).
+  problems = [e["message"] for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and "/v1/derain" not in e["message"]]
+  assert not problems, problems
+  ARTIFACTS.mkdir(parents=True, exist_ok=True)
+  browser.execute_script("window.scrollTo(0, 0)")
+  assert browser.save_screenshot(str(ARTIFACTS / "serve_page.png"))
