@@ -46,8 +46,8 @@ FILES = {"stablehlo": "model.stablehlo", "onnx": "model.onnx"}
 MANIFEST = "manifest.json"
 # Lowered together, so the one file runs on each (jax.export's multi-platform lowering).
 PLATFORMS = ("cpu", "cuda", "tpu")
-# Opset 21 (ONNX 1.16, 2024) runs on onnxruntime >= 1.17 and covers every op the networks
-# use; jax2onnx's default (23) would shut out runtimes a year older for no op we need.
+# Opset 21 (ONNX 1.16, 2024; onnxruntime >= 1.18) covers every op the networks use;
+# jax2onnx's default (23) would shut out about a year of older runtimes for no op we need.
 ONNX_OPSET = 21
 DIMS = ("b", "h", "w")
 # StableHLO runs the same XLA ops as the package, so only the summation order of the
