@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -77,30 +78,41 @@ class Derainer:
     return self._forward(self._state, jnp.asarray(images, jnp.float32))
 
   def __call__(self, image: np.ndarray, tile: int | None = DEFAULT_TILE,
-               overlap: int = DEFAULT_OVERLAP) -> np.ndarray:
+               overlap: int = DEFAULT_OVERLAP,
+               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """De-rains one (H, W, 3) image in [0, 1]; returns unclamped float32 of the same shape.
 
     With `tile` None or not smaller than both sides, the whole image goes through at once.
+    `progress(done, total)` is called with (0, total) before the first tile, so a progress bar
+    shows while the first tile compiles, and after each tile; a whole image is one tile.
     """
     if image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    report = progress or (lambda done, total: None)
     h, w, _ = image.shape
     if tile is None or (h <= tile and w <= tile):
-      return np.asarray(self.batch(image[None]))[0]
+      report(0, 1)
+      out = np.asarray(self.batch(image[None]))[0]
+      report(1, 1)
+      return out
     if tile < 1 or not 0 <= overlap < tile:
       raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, "
                        f"overlap={overlap}")
     th, tw = min(tile, h), min(tile, w)
+    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    total = len(ys) * len(xs)
+    report(0, total)
     acc = np.zeros((h, w, 3), np.float32)
     weight = np.zeros((h, w, 1), np.float32)
-    for y in tile_starts(h, th, overlap):
+    for i, y in enumerate(ys):
       wy = blend_ramp(y, th, h, overlap)
-      for x in tile_starts(w, tw, overlap):
+      for j, x in enumerate(xs):
         wx = blend_ramp(x, tw, w, overlap)
         out = np.asarray(self.batch(image[None, y:y + th, x:x + tw]))[0]
         wt = (wy[:, None] * wx[None, :])[..., None]
         acc[y:y + th, x:x + tw] += out * wt
         weight[y:y + th, x:x + tw] += wt
+        report(i * len(xs) + j + 1, total)
     return acc / weight
 
 

@@ -1,17 +1,30 @@
 """The derain command: every odd input kind, errors that name files, atomic outputs."""
 
+import io
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from flax import nnx
-from PIL import Image
+from PIL import Image, ImageCms
 
 from conftest import REPO, shared_path
 from imagefiles import jpeg_with_orientation, png16
-from sapnet_jax import checkpoint, derain
+from sapnet_jax import checkpoint, compile_cache, derain
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import pdu
 
 RNG = np.random.default_rng(1)
+
+
+@pytest.fixture(autouse=True)
+def own_compile_cache(tmp_path, monkeypatch):
+  # derain.main turns the persistent compilation cache on: keep it out of the user's cache
+  # folder (the variable wins over $SAPNET_JAX_CACHE, which keeps the measured XLA:CPU kernel
+  # choice of xla_options where the other tests find it).
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "jax_compile"))
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +126,134 @@ def test_official_weights_remove_rain_on_rain100h(tmp_path):
     before = 10 * np.log10(1 / np.mean((read_image(rainy / n) - clean) ** 2))
     after = 10 * np.log10(1 / np.mean((read_image(tmp_path / n) - clean) ** 2))
     assert after > before + 8, (n, before, after)
+
+
+def _tree(folder):
+  return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_recursive_mirrors_folders_and_skips_hidden_and_its_output(tmp_path, tiny_weights, capsys):
+  photos = tmp_path / "photos"
+  for rel in ("a.png", "trip/b.jpg", "trip/day 2/a.png", ".thumbs/c.png", "trip/.git/d.png"):
+    (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(photos / rel)
+  out = photos / "derained"  # inside the input: a second run must not de-rain the first's results
+  want = ["a.png", "trip/b.png", "trip/day 2/a.png"]
+  for _ in range(2):
+    assert derain.main([str(photos), "-r", "--out", str(out), "--weights", tiny_weights]) == 0
+    assert _tree(out) == want
+    assert "de-rained 3 of 3 images" in capsys.readouterr().err
+  assert derain.main([str(photos), "--out", str(tmp_path / "flat"), "--weights", tiny_weights]) == 0
+  assert _tree(tmp_path / "flat") == ["a.png"]  # without --recursive: the folder's own files
+
+
+def test_recursive_name_clash_is_per_relative_path(tmp_path, tiny_weights, capsys):
+  for rel in ("one/sub/x.png", "two/sub/x.jpg", "two/x.png"):
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / rel)
+  code = derain.main([str(tmp_path / "one"), str(tmp_path / "two"), "-r", "--out",
+                      str(tmp_path / "out"), "--weights", tiny_weights])
+  assert code == 2 and not (tmp_path / "out").exists()
+  err = capsys.readouterr().err
+  assert f"would both be written to {tmp_path / 'out' / 'sub' / 'x.png'}" in err
+  assert derain.output_paths(
+      [str(tmp_path / "two/x.png"), str(tmp_path / "two/sub/x.jpg")], "O", ".jpg",
+      {str(tmp_path / "two/x.png"): "x.png", str(tmp_path / "two/sub/x.jpg"): "sub/x.jpg"}) == {
+          str(tmp_path / "two/x.png"): os.path.join("O", "x.jpg"),
+          str(tmp_path / "two/sub/x.jpg"): os.path.join("O", "sub", "x.jpg")}
+
+
+def _camera_jpeg(path):
+  """A camera-like JPEG: stored 21x34 with orientation 6 (shown 34x21), EXIF make, model and
+  date, and an sRGB ICC profile."""
+  exif = Image.Exif()
+  exif.update({0x010F: "RainCam", 0x0110: "Model 7", 0x0132: "2024:05:06 07:08:09", 0x0112: 6})
+  icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+  Image.fromarray(RNG.integers(0, 256, (21, 34, 3), dtype=np.uint8)).save(
+      path, quality=95, exif=exif, icc_profile=icc)
+  return icc
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_exif_and_icc_kept_upright(tmp_path, tiny_weights, fmt):
+  icc = _camera_jpeg(tmp_path / "photo.jpg")
+  assert derain.main([str(tmp_path / "photo.jpg"), "--out", str(tmp_path / "out"), "--format",
+                      fmt, "--weights", tiny_weights]) == 0
+  with Image.open(tmp_path / "out" / f"photo.{fmt}") as im:
+    assert im.format == {"png": "PNG", "jpg": "JPEG"}[fmt] and im.size == (21, 34)
+    exif = im.getexif()
+    assert (exif.get(0x010F), exif.get(0x0110), exif.get(0x0132)) == (
+        "RainCam", "Model 7", "2024:05:06 07:08:09")
+    assert exif.get(0x0112, 1) == 1  # the pixels are upright: no rotation left to apply
+    assert im.info.get("icc_profile") == icc
+
+
+def test_jpeg_quality_is_used_and_checked(tmp_path, tiny_weights, capsys):
+  Image.fromarray(RNG.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "n.png")
+  sizes = {}
+  for q in (10, 95):
+    assert derain.main([str(tmp_path / "n.png"), "--out", str(tmp_path / str(q)), "--format",
+                        "jpg", "--quality", str(q), "--weights", tiny_weights]) == 0
+    sizes[q] = (tmp_path / str(q) / "n.jpg").stat().st_size
+  assert sizes[10] < sizes[95] / 2
+  for bad in ("0", "101"):
+    with pytest.raises(SystemExit) as exit_info:
+      derain.main([str(tmp_path / "n.png"), "--out", str(tmp_path), "--quality", bad])
+    assert exit_info.value.code == 2
+    assert f"--quality: must be in 1..100, got {bad}" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_tile_bar_on_a_terminal_and_quiet_in_logs(tmp_path, tiny_weights, monkeypatch, capsys):
+  Image.fromarray(RNG.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+  Image.fromarray(RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+  args = [str(tmp_path / "big.png"), str(tmp_path / "small.png"), "--out", str(tmp_path / "out"),
+          "--weights", tiny_weights, "--tile", "40", "--overlap", "8"]  # big: 2 x 3 tiles
+  assert derain.main(args) == 0
+  logged = capsys.readouterr().err
+  assert logged.splitlines()[-1].startswith("de-rained 2 of 2 images")
+  assert "/6" not in logged and "de-raining" not in logged  # stderr is not a terminal here
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, "stderr", terminal)
+  assert derain.main(args) == 0
+  shown = terminal.getvalue()
+  assert "big.png:   0%|          | 0/6 [00:00<?, ?tile/s]" in shown  # tqdm throttles the rest
+  assert "small.png:" not in shown  # one tile: the image bar is enough
+  assert "de-raining: 100%" in shown and "2/2" in shown
+
+
+def _cache_run(folder, cache, *flags, env=None):
+  env = {**{k: v for k, v in os.environ.items() if k != compile_cache.ENV},
+         "SAPNET_JAX_CACHE": str(cache), "JAX_PLATFORMS": "cpu", "JAX_LOG_COMPILES": "1",
+         "SAPNET_JAX_CPU_CONVS": "default", **(env or {})}  # no kernel measurement: seconds
+  proc = subprocess.run([sys.executable, "-m", "sapnet_jax.derain", str(folder / "in.png"),
+                         "--out", str(folder / "out"), *flags], env=env, capture_output=True,
+                        text=True, cwd=REPO, check=False)
+  assert proc.returncode == 0, proc.stderr
+  return proc.stderr
+
+
+def _entries(folder):
+  return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_compile_cache_across_runs(tmp_path, tiny_weights):
+  Image.fromarray(RNG.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+  cache, folder = tmp_path / "cache", tmp_path / "cache" / "jax_compile"
+  first = _cache_run(tmp_path, cache, "--weights", tiny_weights)
+  entries = _entries(folder)
+  assert entries and "Persistent compilation cache hit" not in first
+  second = _cache_run(tmp_path, cache, "--weights", tiny_weights)
+  assert _entries(folder) == entries  # nothing new to compile
+  # JAX_LOG_COMPILES logs every program that is compiled or loaded, and each cache hit.
+  programs = second.count("WARNING:jax._src.interpreters.pxla:Compiling ")
+  assert programs >= 2 and second.count("Persistent compilation cache hit") == programs
+  # Off: nothing written, even where JAX itself would read $JAX_COMPILATION_CACHE_DIR.
+  off = _cache_run(tmp_path, tmp_path / "other", "--weights", tiny_weights, "--no-compile-cache",
+                   env={compile_cache.ENV: str(tmp_path / "env_cache")})
+  assert not (tmp_path / "other" / "jax_compile").exists() and not (tmp_path / "env_cache").exists()
+  assert "Persistent compilation cache hit" not in off

@@ -80,3 +80,15 @@ def test_bad_arguments(local_derainer):
     local_derainer(image, tile=20, overlap=20)
   with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
     local_derainer(np.zeros((50, 50)), tile=None)
+
+
+def test_progress_sees_every_tile_in_order(local_derainer):
+  image = np.random.default_rng(0).random((97, 83, 3), dtype=np.float32)
+  calls = []
+  tiled = local_derainer(image, tile=40, overlap=8, progress=lambda *a: calls.append(a))
+  total = len(infer.tile_starts(97, 40, 8)) * len(infer.tile_starts(83, 40, 8))
+  assert total == 9 and calls == [(k, total) for k in range(total + 1)]
+  np.testing.assert_array_equal(tiled, local_derainer(image, tile=40, overlap=8))
+  calls.clear()
+  local_derainer(image, tile=None, progress=lambda *a: calls.append(a))
+  assert calls == [(0, 1), (1, 1)]  # a whole image is one tile
