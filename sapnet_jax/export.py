@@ -6,8 +6,8 @@
 Both files take float32 NHWC images in [0, 1] of any batch, height and width (symbolic dims
 b, h, w) and return the de-rained images unclamped, as `sapnet_jax.infer.Derainer` does before
 8-bit rounding. `model.stablehlo` is `jax.export`'s serialized form, lowered for several
-platforms at once so one file runs on CPU, GPU and TPU; it needs only jax and numpy to run
-(examples/run_stablehlo.py). `model.onnx` is converted by jax2onnx (the `export` extra).
+platforms at once so one file runs on CPU, GPU and TPU; jax, numpy and flatbuffers alone run
+it (examples/run_stablehlo.py). `model.onnx` is converted by jax2onnx (the `export` extra).
 Exports always use the plain "reference" kernel set (models/ops.py): the CPU and GPU sets are
 tuned for XLA's compilers of today and must not leak into a file another runtime runs.
 
@@ -51,8 +51,8 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 ONNX_OPSET = 21
 DIMS = ("b", "h", "w")
 # StableHLO runs the same XLA ops as the package, so only the summation order of the
-# attention pooling differs (the CPU kernel set sums rows of 8 first): measured <= 2e-6.
-# onnxruntime has its own convolution kernels: measured <= 4e-7 on the shipped SAPNet.
+# attention pool differs (the CPU kernel set sums 8 pixels at a time): measured <= 2.4e-7 on
+# the shipped SAPNet. onnxruntime has its own kernels: measured <= 4.2e-7 (docs/export.md).
 TOLERANCE = {"stablehlo": 1e-5, "onnx": 1e-4}
 CHECK_SHAPE = (2, 19, 23, 3)  # odd sizes and a batch of two: the dims that are symbolic
 EXPORT_EXTRA = 'pip install -e ".[export]"'
@@ -144,10 +144,10 @@ def export_stablehlo(model: nnx.Module, platforms: Sequence[str] = PLATFORMS
 def _onnx_modules():
   """(jax2onnx, onnx, onnxruntime), or UsageError saying how to install them."""
   try:
-    # deferred: jax2onnx/onnx/onnxruntime are optional and heavy (the `export` extra)
-    import jax2onnx  # pylint: disable=import-outside-toplevel
-    import onnx  # deferred: optional, the `export` extra  pylint: disable=import-outside-toplevel
-    import onnxruntime  # deferred: optional, the `export` extra  pylint: disable=import-outside-toplevel
+    # Deferred: optional and heavy (the `export` extra); StableHLO export needs none of them.
+    import jax2onnx  # deferred: optional (the `export` extra)
+    import onnx  # deferred: optional (the `export` extra)
+    import onnxruntime  # deferred: optional (the `export` extra)
   except ImportError as e:
     raise UsageError(f"ONNX export needs jax2onnx, onnx and onnxruntime ({e}): "
                      f"{EXPORT_EXTRA}") from None
@@ -273,8 +273,10 @@ def write_exports(model: nnx.Module, out: str, *, formats: Sequence[str] = FORMA
   manifest: dict[str, Any] = {
       "format": "sapnet_jax export 1",
       "model": {"name": name, "architecture": architecture_name(ref.cfg),
-                "parameters": models.count_params(ref), "config": models.config_to_dict(ref.cfg)},
-      "weights": {"source": source or weights, "sha256": weights_digest(weights) if weights else None},
+                "parameters": models.count_params(ref),
+                "config": models.config_to_dict(ref.cfg)},
+      "weights": {"source": source or weights,
+                  "sha256": weights_digest(weights) if weights else None},
       "input": {"layout": "NHWC", "dtype": "float32", "range": [0.0, 1.0],
                 "shape": [*DIMS, 3], "name": "image"},
       "output": {"layout": "NHWC", "dtype": "float32", "shape": [*DIMS, 3], "name": "derained",
@@ -366,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     formats = parse_formats(args.format)
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    if not platforms:
+      raise UsageError("--platforms: name at least one (e.g. cpu,cuda,tpu)")
     if "onnx" in formats:
       _onnx_modules()
     model, path = load_weights(args.weights)
@@ -374,7 +379,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   name = args.weights if args.weights in pretrained.REGISTRY else fileio.basename(path)
-  platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
   try:
     manifest = write_exports(model, args.out, formats=formats, name=name, weights=path,
                              source=args.weights,

@@ -72,7 +72,8 @@ def test_cli_writes_files_and_manifest(tiny_export, tiny_weights):
   out, manifest = tiny_export
   assert sorted(p.name for p in out.iterdir()) == sorted(
       [export.MANIFEST, *export.FILES.values()])
-  assert manifest["weights"]["sha256"] == hashlib.sha256(Path(tiny_weights).read_bytes()).hexdigest()
+  digest = hashlib.sha256(Path(tiny_weights).read_bytes()).hexdigest()
+  assert manifest["weights"]["sha256"] == digest
   assert manifest["weights"]["source"] == tiny_weights
   assert manifest["model"]["name"] == "tiny.npz"
   assert manifest["model"]["config"]["impl"] == "reference"
@@ -102,7 +103,8 @@ def _jax_only_venv() -> Path:
   the cache and renamed into place, so a half-built one is never used."""
   jax_version, jaxlib_version = jax.__version__, importlib.metadata.version("jaxlib")
   root = Path(fileio.cache_dir()) / "test-venvs"
-  final = root / f"jax-{jax_version}-flatbuffers-py{sys.version_info.major}.{sys.version_info.minor}"
+  python = f"py{sys.version_info.major}.{sys.version_info.minor}"
+  final = root / f"jax-{jax_version}-flatbuffers-{python}"
   if (final / "bin" / "python").exists():
     return final
   root.mkdir(parents=True, exist_ok=True)
@@ -269,6 +271,18 @@ def test_missing_onnx_dependencies_say_how_to_install(tiny_weights, tmp_path, mo
   assert export.main(["--weights", tiny_weights, "--out", str(out), "--format", "onnx"]) == 2
   assert 'pip install -e ".[export]"' in capsys.readouterr().err
   assert not out.exists() or not any(out.iterdir())
+
+
+def test_folder_digest_covers_names_and_contents(tmp_path):
+  (tmp_path / "w" / "sub").mkdir(parents=True)
+  (tmp_path / "w" / "a").write_bytes(b"1")
+  (tmp_path / "w" / "sub" / "b").write_bytes(b"2")
+  first = export.weights_digest(str(tmp_path / "w"))
+  assert first == export.weights_digest(str(tmp_path / "w"))
+  (tmp_path / "w" / "sub" / "b").write_bytes(b"3")
+  changed = export.weights_digest(str(tmp_path / "w"))
+  (tmp_path / "w" / "sub" / "b").rename(tmp_path / "w" / "sub" / "c")
+  assert len({first, changed, export.weights_digest(str(tmp_path / "w"))}) == 3
 
 
 def test_doc_shows_the_example_loader():
