@@ -1,8 +1,8 @@
 """De-rain image files: python -m sapnet_jax.derain INPUT [INPUT ...] --out OUT_DIR.
 
 Each INPUT is an image file or a folder (its image files; with --recursive also those in its
-sub-folders, hidden ones skipped, mirrored under OUT_DIR). Inputs and OUT_DIR may be local
-paths or URIs (gs://bucket/folder). Every result is written as OUT_DIR/<stem>.png, or .jpg with
+sub-folders, mirrored under OUT_DIR; hidden folders and OUT_DIR itself are skipped). Inputs
+and OUT_DIR may be local paths or URIs (gs://bucket/folder). Every result is written as OUT_DIR/<stem>.png, or .jpg with
 --format jpg (8-bit RGB, clamped and rounded), keeping the photo's EXIF (camera, date, ...; the
 orientation tag is cleared because the pixels are written upright) and ICC colour profile.
 A file that cannot be read is reported on one line naming it; the others are still processed
