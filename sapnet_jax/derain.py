@@ -2,9 +2,10 @@
 
 Each INPUT is an image file or a folder (its image files; with --recursive also those in its
 sub-folders, mirrored under OUT_DIR; hidden folders and OUT_DIR itself are skipped). Inputs
-and OUT_DIR may be local paths or URIs (gs://bucket/folder). Every result is written as OUT_DIR/<stem>.png, or .jpg with
---format jpg (8-bit RGB, clamped and rounded), keeping the photo's EXIF (camera, date, ...; the
-orientation tag is cleared because the pixels are written upright) and ICC colour profile.
+and OUT_DIR may be local paths or URIs (gs://bucket/folder). Every result is written as
+OUT_DIR/<stem>.png, or .jpg with --format jpg (8-bit RGB, clamped and rounded), keeping the
+photo's EXIF (camera, date, ...; the orientation tag is cleared because the pixels are written
+upright) and ICC colour profile.
 A file that cannot be read is reported on one line naming it; the others are still processed
 and the exit status is 1. On a terminal, a bar shows the images done and, for a photo larger
 than --tile, its tiles.
@@ -153,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="tile side in pixels for images larger than N; 0 = never tile "
                       f"(default: {infer.DEFAULT_TILE})")
   parser.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP, metavar="P",
-                      help=f"overlap of neighbouring tiles in pixels (default: {infer.DEFAULT_OVERLAP})")
+                      help="overlap of neighbouring tiles in pixels "
+                      f"(default: {infer.DEFAULT_OVERLAP})")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="computation precision (default: float32)")
   cache = parser.add_mutually_exclusive_group()

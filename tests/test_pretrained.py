@@ -119,7 +119,8 @@ def test_listing_names_source_and_licence(offline_cache, capsys):
   for name in ("prenet-rain100h", "prenet-rain100l", "prn-rain100h"):
     row = rows[name]
     assert not row["shipped"] and row["source"] == pretrained.REGISTRY[name].url
-    assert row["source"].startswith("https://github.com/csdwren/PReNet/") and len(row["sha256"]) == 64
+    assert row["source"].startswith("https://github.com/csdwren/PReNet/")
+    assert len(row["sha256"]) == 64
     assert "not redistributed" in row["licence"]
   assert not any(entry.file and not os.path.exists(os.path.join(pretrained.WEIGHTS_DIR, entry.file))
                  for entry in pretrained.REGISTRY.values())
