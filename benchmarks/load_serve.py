@@ -1,6 +1,6 @@
 """Load test of `python -m sapnet_jax.serve`: N clients posting a photo for T seconds.
 
-    python benchmarks/load_serve.py --clients 4 --seconds 30 --size 256 \
+    python benchmarks/load_serve.py --clients 4 --seconds 30 --size 256x256 \
         --out benchmarks/results/serve_load.json
 
 Starts the server as a subprocess on a free 127.0.0.1 port, warms it up (each client posts
@@ -8,7 +8,7 @@ twice together, untimed: the first calls compile the network for that size and f
 sizes that occur), then each client posts the photo in a loop, one request at a time, for
 `--seconds`. Reports requests, errors, latency p50/p95/max, throughput and how often each
 batch size occurred (the server's X-Batch-Size), as JSON to --out and on stdout. The photo is
-examples/rain-064.jpg (or --image) resized to --size pixels on its longer side.
+examples/rain-064.jpg (or --image) resized to --size.
 """
 
 import argparse
@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -35,12 +36,16 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def photo(path: str, size: int) -> tuple[bytes, tuple[int, int]]:
-  """JPEG bytes of `path` resized to `size` pixels on its longer side, and (width, height)."""
+def photo(path: str, size: str) -> tuple[bytes, tuple[int, int]]:
+  """JPEG bytes of `path` resized to `size` ("WxH", or "N" pixels on its longer side), and
+  (width, height)."""
   im = Image.open(path).convert("RGB")
-  scale = size / max(im.size)
-  im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                 Image.Resampling.LANCZOS)
+  if "x" in size:
+    width, height = (int(v) for v in size.split("x"))
+  else:
+    scale = int(size) / max(im.size)
+    width, height = max(1, round(im.width * scale)), max(1, round(im.height * scale))
+  im = im.resize((width, height), Image.Resampling.LANCZOS)
   buffer = io.BytesIO()
   im.save(buffer, format="JPEG", quality=92)
   return buffer.getvalue(), im.size
@@ -133,16 +138,20 @@ def main(argv=None) -> int:
   parser.add_argument("--weights", default="sapnet-rain100h")
   parser.add_argument("--clients", type=int, default=4)
   parser.add_argument("--seconds", type=float, default=30.0)
-  parser.add_argument("--size", type=int, default=256, help="longer side of the photo in pixels")
+  parser.add_argument("--size", default="256x256",
+                      help="the photo's size: WxH, or N pixels on its longer side (default: 256x256)")
   parser.add_argument("--image", default=os.path.join(ROOT, "examples", "rain-064.jpg"))
-  parser.add_argument("--max-batch", type=int, default=4)
+  parser.add_argument("--max-batch", type=int, default=4,
+                      help="the server's --max-batch (default 4: batching on, to measure it)")
   parser.add_argument("--batch-wait-ms", type=float, default=5.0)
   parser.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
   parser.add_argument("--no-compile-cache", action="store_true")
   parser.add_argument("--out", help="JSON report file")
   args = parser.parse_args(argv)
-  if args.clients < 1 or args.seconds <= 0 or args.size < 1:
-    parser.error("--clients, --seconds and --size must be positive")
+  if args.clients < 1 or args.seconds <= 0:
+    parser.error("--clients and --seconds must be positive")
+  if not re.fullmatch(r"[1-9]\d*(x[1-9]\d*)?", args.size):
+    parser.error(f"--size must be WxH or N, got {args.size!r}")
 
   data, (width, height) = photo(args.image, args.size)
   port = free_port()
@@ -157,6 +166,7 @@ def main(argv=None) -> int:
       for _ in range(2):  # untimed warm-up: compiles for the size and the batch sizes seen
         warm_up(url, data, args.clients, args.timeout)
       warmup = time.monotonic() - t
+      load_before = os.getloadavg()[0]
       latencies, errors, batch_sizes, wall = run_clients(url, data, args.clients, args.seconds,
                                                          args.timeout)
     finally:
@@ -181,6 +191,8 @@ def main(argv=None) -> int:
       "batch_sizes": {str(k): batch_sizes.count(k) for k in sorted(set(batch_sizes))},
       "startup_s": round(startup, 2), "warmup_s": round(warmup, 2),
       "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
+      # Other work on the machine slows the server: the 1-minute load average around the run.
+      "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
   }
   text = json.dumps(report, indent=2)
   print(text)

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Sequence
 
+import jax
 import uvicorn
 
 from sapnet_jax import compile_cache, infer, pretrained, serving
@@ -40,9 +41,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, serving.
                       f"0 = never tile (default: {infer.DEFAULT_TILE})")
   parser.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP, metavar="P",
                       help=f"overlap of neighbouring tiles (default: {infer.DEFAULT_OVERLAP})")
-  parser.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch, metavar="N",
-                      help="most same-size images de-rained in one device call "
-                      f"(default: {DEFAULTS.max_batch})")
+  parser.add_argument("--max-batch", type=int, metavar="N",
+                      help="most same-size images de-rained in one device call (default: 1 on "
+                      f"a CPU, {DEFAULTS.max_batch} on a GPU or TPU)")
   parser.add_argument("--batch-wait-ms", type=float, default=DEFAULTS.batch_wait_ms,
                       metavar="MS", help="how long an image waits for others of its size "
                       f"(default: {DEFAULTS.batch_wait_ms})")
@@ -53,15 +54,24 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, serving.
   args = parser.parse_args(argv)
   if not 1 <= args.port <= 65535:
     parser.error(f"--port must be in 1..65535, got {args.port}")
+  if args.max_batch is not None and args.max_batch < 1:
+    parser.error(f"--max-batch must be >= 1, got {args.max_batch}")
   if args.tile < 0:
     parser.error(f"--tile must be >= 0, got {args.tile}")
   try:
     limits = serving.Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels,
                             tile=args.tile or None, overlap=args.overlap,
-                            max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+                            max_batch=args.max_batch or default_max_batch(),
+                            batch_wait_ms=args.batch_wait_ms)
   except ValueError as e:
     parser.error(str(e))
   return args, limits
+
+
+def default_max_batch() -> int:
+  """1 on a CPU: there a batch of N took longer than N single images (docs/serve.md, load
+  test on 2 cores); elsewhere a batch fills the device's spare parallelism."""
+  return 1 if jax.devices()[0].platform == "cpu" else DEFAULTS.max_batch
 
 
 def display_name(weights: str) -> str:
@@ -84,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   name = display_name(args.weights)
   entry = pretrained.REGISTRY.get(args.weights)
+  logging.info("batching up to %d same-size images, waiting up to %g ms", limits.max_batch,
+               limits.batch_wait_ms)
   app = serving.create_app(model, name, description=entry.description if entry else None,
                            limits=limits)
   host = f"[{args.host}]" if ":" in args.host else args.host

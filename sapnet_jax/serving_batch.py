@@ -58,12 +58,16 @@ class Batcher:
     self.tile, self.overlap = tile, overlap
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sapnet-device")
     self._loop: asyncio.AbstractEventLoop | None = None
+    self._closed = False
 
   def _bind(self) -> asyncio.AbstractEventLoop:
     # asyncio primitives belong to one event loop; a test client may run each request in a new
     # one, so they are made afresh whenever the loop changes (a server has only one).
     loop = asyncio.get_running_loop()
     if loop is not self._loop:
+      if self._closed:  # an app started again after its lifespan ended (a new test client)
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sapnet-device")
+        self._closed = False
       self._loop, self._device = loop, asyncio.Lock()
       self._groups: dict[tuple[int, int], _Group] = {}
       self._tasks: set[asyncio.Task] = set()  # flushers, kept referenced until they finish
@@ -138,3 +142,4 @@ class Batcher:
 
   def close(self) -> None:
     self._worker.shutdown(wait=False, cancel_futures=True)
+    self._closed, self._loop = True, None

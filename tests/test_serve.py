@@ -16,6 +16,7 @@ import threading
 import time
 import zlib
 
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -26,8 +27,9 @@ from starlette.testclient import TestClient
 from conftest import REPO
 from imagefiles import jpeg_with_orientation, png16
 from sapnet_jax import checkpoint, infer, models, serve, serving
-from sapnet_jax.data.imageio import decode_image, to_uint8
+from sapnet_jax.data.imageio import to_uint8
 from sapnet_jax.models import pdu
+from sapnet_jax.serving_batch import Batcher
 
 RNG = np.random.default_rng(7)
 # Small enough to keep compiles short, and chosen so the odd kinds (21x34) go whole, a 70x90
@@ -248,6 +250,16 @@ def test_exif_and_icc_profile_are_kept(client):
     assert im.getexif().get(0x010F) == "RainCam" and im.getexif().get(0x0112, 1) == 1
 
 
+def test_app_serves_again_after_its_lifespan_ended(model, derainer):
+  # Each test client runs the app's lifespan; the device thread stopped at the end of one is
+  # started again for the next.
+  app = serving.create_app(model, "tiny", limits=LIMITS, derainer=derainer)
+  for _ in range(2):
+    with TestClient(app) as c:
+      r = c.post("/v1/derain", content=png_bytes(np.zeros((21, 34, 3), np.uint8)))
+      assert r.status_code == 200, r.text
+
+
 def test_healthz_and_models(client, model):
   assert client.get("/healthz").json() == {"status": "ok", "model": "tiny"}
   answer = client.get("/v1/models").json()
@@ -271,7 +283,6 @@ def test_page_and_its_files_load_nothing_from_elsewhere(client):
 def test_batched_results_equal_single_ones(derainer):
   # Before rounding: three same-size images submitted together go in one batch, and each
   # result equals the image de-rained alone within 1e-6 (float sums may be ordered otherwise).
-  from sapnet_jax.serving_batch import Batcher  # the batcher alone, without HTTP
   images = RNG.random((3, 20, 28, 3), dtype=np.float32)
   batcher = Batcher(derainer, max_batch=4, wait_s=0.5)
 
@@ -313,7 +324,6 @@ def live_server(model, derainer):
 
 
 def test_concurrent_requests_are_batched_by_size(live_server):
-  import httpx  # the test extra's client; a real socket to the live server
   small = [png_bytes(RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)) for _ in range(4)]
   other = [png_bytes(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(2)]
   with httpx.Client(base_url=live_server, timeout=60) as c:
@@ -339,12 +349,30 @@ def test_concurrent_requests_are_batched_by_size(live_server):
     assert a.content == single.content  # byte-equal PNGs: batching changes no pixel
 
 
-def test_live_server_refuses_a_huge_declared_body_at_once(live_server):
+def test_live_server_refuses_oversized_bodies_early(live_server):
   host, port = live_server.removeprefix("http://").split(":")
   with socket.create_connection((host, int(port)), timeout=10) as s:
     s.sendall(b"POST /v1/derain HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000000\r\n\r\n")
     answer = s.recv(65536).decode()
-  assert answer.startswith("HTTP/1.1 413") and "over the limit" in answer
+  assert answer.startswith("HTTP/1.1 413") and "Content-Length 5000000000" in answer
+  # Chunked, with no length: answered while the client is still sending (socket buffers let
+  # it send a little past the limit before the answer is seen), never read to the end.
+  with socket.create_connection((host, int(port)), timeout=10) as s:
+    s.sendall(b"POST /v1/derain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    s.settimeout(0.05)
+    sent, answer = 0, b""
+    while not answer and sent < 20_000_000:
+      try:
+        s.sendall(b"4000\r\n" + b"\0" * 0x4000 + b"\r\n")
+        sent += 0x4000
+        answer = s.recv(65536)
+      except socket.timeout:
+        pass
+      except OSError:  # the server closed the connection: read its answer
+        s.settimeout(5)
+        answer = s.recv(65536)
+  assert answer.startswith(b"HTTP/1.1 413") and b"over the limit of 300000 bytes" in answer
+  assert sent < 3_000_000
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -367,7 +395,8 @@ def test_cli_unknown_weights_and_default_host(capsys):
   assert serve.main(["--weights", "nope", "--no-compile-cache"]) == 2
   assert "registered weights name" in capsys.readouterr().err
   args, limits = serve.parse_args([])
-  assert args.host == "127.0.0.1" and limits == serving.Limits()
+  assert args.host == "127.0.0.1"
+  assert limits == serving.Limits(max_batch=1)  # on a CPU, where batches were measured slower
   assert serve.display_name("sapnet-rain100h") == "sapnet-rain100h"
   assert serve.display_name(os.path.join("some", "dir", "tiny.npz")) == "tiny.npz"
 
