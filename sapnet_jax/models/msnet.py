@@ -102,9 +102,12 @@ def upsample_crop(x: jax.Array, k: int, h: int, w: int) -> jax.Array:
   """Bilinear upsampling by exactly k, cropped to h x w (inverse grid of `max_pool_ceil`)."""
   if k == 1:
     return x
-  n, hp, wp, c = x.shape
-  up = jax.image.resize(x, (n, hp * k, wp * k, c), method="bilinear", antialias=False)
-  return up[:, :h, :w, :]
+  n, _, _, c = x.shape
+  # Equal to resizing to (hp * k, wp * k) and cropping, but straight to (h, w): with symbolic
+  # sizes (jax.export) the crop's result could not be shown to be h x w.
+  scale = jnp.full((2,), k, jnp.float32)
+  return jax.image.scale_and_translate(x, (n, h, w, c), (1, 2), scale, jnp.zeros((2,), jnp.float32),
+                                       method="linear", antialias=False)
 
 
 class CCLB(nnx.Module):
