@@ -9,6 +9,8 @@ On several hosts (TPU pod slices, multi-node GPU) add --multihost: every process
 command and jax.distributed.initialize() connects them (see launch/README.md).
 """
 
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -54,6 +56,11 @@ def main(argv):
 
 def run() -> None:
   """The `sapnet-train` console script (absl parses the flags from sys.argv)."""
+  # absl's --help prints __main__'s docstring and key flags; under a console script __main__ is
+  # the generated wrapper, which has neither.
+  sys.modules["__main__"].__doc__ = __doc__
+  for flag in FLAGS.get_key_flags_for_module(__name__):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main)
 
 

@@ -17,6 +17,14 @@ TINY_DEMO = {"model.stages": 2, "model.channels": 8, "model.num_blocks": 1, "mod
              "train.save_every": 2, "train.eval_every": 0, "eval.tile": 0}
 
 
+@pytest.fixture
+def own_compile_cache(tmp_path, monkeypatch):
+  """The commands that de-rain turn XLA's persistent compilation cache on; this keeps it out of
+  the user's cache folder (the variable wins over $SAPNET_JAX_CACHE, which keeps the measured
+  XLA:CPU kernel choice of xla_options where the other tests find it)."""
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_compile"))
+
+
 def shared_path(rel: str) -> Path:
   """Returns ../shared/<rel>, skipping the test with the reason when it is not there."""
   path = SHARED / rel

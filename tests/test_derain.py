@@ -19,12 +19,7 @@ from sapnet_jax.models import pdu
 RNG = np.random.default_rng(1)
 
 
-@pytest.fixture(autouse=True)
-def own_compile_cache(tmp_path, monkeypatch):
-  # derain.main turns the persistent compilation cache on: keep it out of the user's cache
-  # folder (the variable wins over $SAPNET_JAX_CACHE, which keeps the measured XLA:CPU kernel
-  # choice of xla_options where the other tests find it).
-  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "jax_compile"))
+pytestmark = pytest.mark.usefixtures("own_compile_cache")
 
 
 @pytest.fixture(scope="module")

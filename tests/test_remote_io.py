@@ -20,6 +20,8 @@ from sapnet_jax.data import imageio, pairs
 from sapnet_jax.models import pdu
 from sapnet_jax.pth import PthError, load_safetensors, load_state_dict
 
+pytestmark = pytest.mark.usefixtures("own_compile_cache")  # derain.main turns the cache on
+
 CFG = pdu.PDUConfig(channels=4, reduction=2, stages=2, num_blocks=2)
 RNG = np.random.default_rng(11)
 SIZE = (18, 22)  # one image size throughout, so the tiny network compiles once per run
