@@ -139,7 +139,8 @@ def main(argv=None) -> int:
   parser.add_argument("--clients", type=int, default=4)
   parser.add_argument("--seconds", type=float, default=30.0)
   parser.add_argument("--size", default="256x256",
-                      help="the photo's size: WxH, or N pixels on its longer side (default: 256x256)")
+                      help="the photo's size: WxH, or N pixels on its longer side "
+                      "(default: 256x256)")
   parser.add_argument("--image", default=os.path.join(ROOT, "examples", "rain-064.jpg"))
   parser.add_argument("--max-batch", type=int, default=4,
                       help="the server's --max-batch (default 4: batching on, to measure it)")
@@ -190,7 +191,8 @@ def main(argv=None) -> int:
       "throughput_rps": round(len(latencies) / wall, 3),
       "batch_sizes": {str(k): batch_sizes.count(k) for k in sorted(set(batch_sizes))},
       "startup_s": round(startup, 2), "warmup_s": round(warmup, 2),
-      "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
+      "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+      "python": platform.python_version(),
       # Other work on the machine slows the server: the 1-minute load average around the run.
       "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
   }

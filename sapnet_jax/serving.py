@@ -131,7 +131,7 @@ def create_app(model: nnx.Module, name: str, *, description: str | None = None,
     body = await run_in_threadpool(imageio.encode_image, result.image, fmt, quality, metadata)
     t_encode = time.perf_counter()
     ext = "png" if fmt == "png" else "jpg"
-    stem = os.path.splitext(os.path.basename(upload_name))[0] if upload_name != "upload" else "image"
+    stem = "image" if upload_name == "upload" else os.path.splitext(upload_name)[0]
     headers = {
         "Content-Disposition": f'inline; filename="{safe_filename(stem)}_derained.{ext}"',
         "X-Image-Size": f"{image.shape[1]}x{image.shape[0]}",

@@ -90,7 +90,8 @@ def odd_uploads(folder) -> dict[str, tuple[bytes, tuple[int, int]]]:
 def test_every_odd_kind_gives_an_image_of_its_size(client, tmp_path, how):
   for name, (data, (h, w)) in odd_uploads(tmp_path / how).items():
     if how == "raw":
-      r = client.post("/v1/derain", content=data, headers={"Content-Type": "application/octet-stream"})
+      r = client.post("/v1/derain", content=data,
+                      headers={"Content-Type": "application/octet-stream"})
     else:  # the declared type is wrong on purpose: content is judged by decoding
       r = client.post("/v1/derain", files={"image": (name, data, "text/plain")})
     assert r.status_code == 200, (name, r.text)
@@ -194,7 +195,8 @@ def test_oversized_uploads_are_refused_without_reading_them(client):
 
 
 def test_over_the_pixel_limit_is_refused_from_the_header(client):
-  r = client.post("/v1/derain", files={"image": ("big.png", png_bytes(np.zeros((150, 150, 3), np.uint8)))})
+  big = png_bytes(np.zeros((150, 150, 3), np.uint8))
+  r = client.post("/v1/derain", files={"image": ("big.png", big)})
   assert r.status_code == 413
   assert r.json()["error"] == "big.png: 150x150 is 22500 pixels, over the limit of 20000"
   # A PNG that says it is 100000x100000 (a decompression bomb), on almost no data: refused
@@ -202,7 +204,8 @@ def test_over_the_pixel_limit_is_refused_from_the_header(client):
   def chunk(tag, data):
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
-  bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+  header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+  bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
           + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
   r = client.post("/v1/derain", content=bomb)
   assert r.status_code == 413, r.text

@@ -118,7 +118,8 @@ def test_upload_compare_and_download(server, browser, tmp_path):
       if c.get_attribute("data-state") in ("done", "error")] if len(
           d.find_elements(By.CSS_SELECTOR, "#results .card[data-state=done], "
                           "#results .card[data-state=error]")) == 2 else None)
-  good, failed = sorted(cards, key=lambda c: c.find_element(By.CLASS_NAME, "name").text != "rainy.jpg")
+  good, failed = sorted(cards, key=lambda c: c.find_element(By.CLASS_NAME, "name").text
+                        != "rainy.jpg")
   assert good.get_attribute("data-state") == "done", good.text
   assert failed.get_attribute("data-state") == "error"
   assert "notes.png: not an image" in failed.find_element(By.CLASS_NAME, "error").text
@@ -132,7 +133,8 @@ def test_upload_compare_and_download(server, browser, tmp_path):
   api = httpx.post(f"{server}/v1/derain", content=photo.read_bytes(), timeout=60)
   assert api.status_code == 200
   assert shown.shape == (192, 288, 3)
-  np.testing.assert_array_equal(shown, np.asarray(Image.open(io.BytesIO(api.content)).convert("RGB")))
+  from_api = np.asarray(Image.open(io.BytesIO(api.content)).convert("RGB"))
+  np.testing.assert_array_equal(shown, from_api)
   for cls in ("before", "after"):
     assert browser.execute_script(
         "return arguments[0].naturalWidth", good.find_element(By.CLASS_NAME, cls)) == 288
