@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # Commands whose module is the command: no other module may import them (their functions live
 # in a library module beside them).
-CLI_MODULES = {"main", "derain", "evaluate", "compare", "data.demo", "experiments.__main__"}
+CLI_MODULES = {"main", "derain", "evaluate", "compare", "serve", "data.demo",
+               "experiments.__main__"}
 # Library modules that also offer a thin `python -m` command over their functions.
-TOOL_MODULES = {"convert", "data.prepare"}
+TOOL_MODULES = {"convert", "data.prepare", "export", "pretrained"}
 # What each module may import from the package, as prefixes of module names (CONTRIBUTING.md).
 ONLY = {
     "models": ("models",),
@@ -31,7 +32,10 @@ ONLY = {
 }
 # Lint directives in a comment, which say nothing of why.
 LINT = re.compile(r"noqa(:\s*[A-Z]+\d+(,\s*[A-Z]+\d+)*)?|pylint:\s*disable=[\w,-]+|type:\s*ignore\S*")
-NEVER = {"data": ("models", "losses", "loss_networks", "train"), "infer": ("train",)}
+NEVER = {"data": ("models", "losses", "loss_networks", "train"), "infer": ("train",),
+         # The web app takes a built model: loading weights is the `serve` command's job.
+         "serving": ("train", "pretrained", "checkpoint", "convert"),
+         "serving_batch": ("train", "pretrained", "checkpoint", "convert")}
 
 
 def module_name(path: Path) -> str:
