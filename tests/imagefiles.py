@@ -27,3 +27,26 @@ def jpeg_with_orientation(path, array: np.ndarray, orientation: int) -> None:
   exif = Image.Exif()
   exif[0x0112] = orientation
   Image.fromarray(array).save(path, quality=98, exif=exif)
+
+
+def odd_images(folder, rng: np.random.Generator, extra: bool = False) -> dict[str, tuple[int, int]]:
+  """Writes one file per odd kind the readers must take (grey, RGBA, 16-bit colour and grey,
+  EXIF-rotated JPEG, 1x1, odd-width BMP; with `extra` also a palette GIF and a CMYK JPEG) into
+  `folder`; returns {file name: the (height, width) it decodes to}."""
+  folder.mkdir(exist_ok=True)
+  rgb = rng.integers(0, 256, (21, 34, 3), dtype=np.uint8)
+  Image.fromarray(rgb[..., 0]).save(folder / "grey.png")
+  Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(folder / "rgba.png")
+  png16(folder / "deep.png", rng.integers(0, 65536, (21, 34, 3), dtype=np.uint16))
+  png16(folder / "deepgrey.png", rng.integers(0, 65536, (21, 34, 1), dtype=np.uint16))
+  jpeg_with_orientation(folder / "rotated.jpg", rgb, 6)  # stored 21x34, shown 34x21
+  Image.fromarray(rgb[:1, :1]).save(folder / "dot.png")
+  Image.fromarray(rgb[:, :33]).save(folder / "odd.bmp")
+  shapes = {"grey.png": (21, 34), "rgba.png": (21, 34), "deep.png": (21, 34),
+            "deepgrey.png": (21, 34), "rotated.jpg": (34, 21), "dot.png": (1, 1),
+            "odd.bmp": (21, 33)}
+  if extra:
+    Image.fromarray(rgb).convert("P").save(folder / "palette.gif")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    shapes.update({"palette.gif": (21, 34), "cmyk.jpg": (21, 34)})
+  return shapes

@@ -11,7 +11,7 @@ from flax import nnx
 from PIL import Image, ImageCms
 
 from conftest import REPO, shared_path
-from imagefiles import jpeg_with_orientation, png16
+from imagefiles import odd_images
 from sapnet_jax import checkpoint, compile_cache, derain
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import pdu
@@ -33,18 +33,9 @@ def tiny_weights(tmp_path_factory):
 
 def _odd_inputs(folder):
   """One file per odd kind; returns {stem: expected (height, width)}."""
-  folder.mkdir()
-  rgb = RNG.integers(0, 256, (21, 34, 3), dtype=np.uint8)
-  Image.fromarray(rgb[..., 0]).save(folder / "grey.png")
-  Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(folder / "rgba.png")
-  png16(folder / "deep.png", RNG.integers(0, 65536, (21, 34, 3), dtype=np.uint16))
-  png16(folder / "deepgrey.png", RNG.integers(0, 65536, (21, 34, 1), dtype=np.uint16))
-  jpeg_with_orientation(folder / "rotated.jpg", rgb, 6)  # stored 21x34, shown 34x21
-  Image.fromarray(rgb[:1, :1]).save(folder / "dot.png")
-  Image.fromarray(rgb[:, :33]).save(folder / "odd.bmp")
+  shapes = odd_images(folder, RNG)
   (folder / "README.txt").write_text("not an image, and not named .png: skipped in folders")
-  return {"grey": (21, 34), "rgba": (21, 34), "deep": (21, 34), "deepgrey": (21, 34),
-          "rotated": (34, 21), "dot": (1, 1), "odd": (21, 33)}
+  return {os.path.splitext(name)[0]: hw for name, hw in shapes.items()}
 
 
 def test_every_odd_kind(tmp_path, tiny_weights, capsys):

@@ -25,7 +25,7 @@ from PIL import Image, ImageCms
 from starlette.testclient import TestClient
 
 from conftest import REPO
-from imagefiles import jpeg_with_orientation, png16
+from imagefiles import odd_images
 from sapnet_jax import checkpoint, infer, models, serve, serving
 from sapnet_jax.data.imageio import to_uint8
 from sapnet_jax.models import pdu
@@ -68,21 +68,8 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 def odd_uploads(folder) -> dict[str, tuple[bytes, tuple[int, int]]]:
-  """The derain tests' odd kinds, as {file name: (bytes, expected (height, width))}."""
-  folder.mkdir(exist_ok=True)
-  rgb = RNG.integers(0, 256, (21, 34, 3), dtype=np.uint8)
-  Image.fromarray(rgb[..., 0]).save(folder / "grey.png")
-  Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(folder / "rgba.png")
-  png16(folder / "deep.png", RNG.integers(0, 65536, (21, 34, 3), dtype=np.uint16))
-  png16(folder / "deepgrey.png", RNG.integers(0, 65536, (21, 34, 1), dtype=np.uint16))
-  jpeg_with_orientation(folder / "rotated.jpg", rgb, 6)  # stored 21x34, shown 34x21
-  Image.fromarray(rgb[:1, :1]).save(folder / "dot.png")
-  Image.fromarray(rgb[:, :33]).save(folder / "odd.bmp")
-  Image.fromarray(rgb).convert("P").save(folder / "palette.gif")
-  Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
-  shapes = {"grey.png": (21, 34), "rgba.png": (21, 34), "deep.png": (21, 34),
-            "deepgrey.png": (21, 34), "rotated.jpg": (34, 21), "dot.png": (1, 1),
-            "odd.bmp": (21, 33), "palette.gif": (21, 34), "cmyk.jpg": (21, 34)}
+  """The derain tests' odd kinds and more, as {file name: (bytes, expected (height, width))}."""
+  shapes = odd_images(folder, RNG, extra=True)
   return {name: ((folder / name).read_bytes(), hw) for name, hw in shapes.items()}
 
 
