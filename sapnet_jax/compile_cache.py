@@ -23,8 +23,7 @@ from sapnet_jax import fileio
 
 ENV = "JAX_COMPILATION_CACHE_DIR"
 _OPTIONS = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
-            "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
+            "jax_persistent_cache_min_compile_time_secs")
 
 
 def default_dir() -> str:
@@ -39,7 +38,6 @@ def enable(directory: str | None = None) -> str:
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   # JAX decides once per process, at its first compile, whether to use the cache; a process
   # that compiled before this call (a notebook, a test session) would silently never use it.
   compilation_cache.reset_cache()

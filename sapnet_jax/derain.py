@@ -147,9 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--quality", type=_quality, default=95, metavar="Q",
                       help="JPEG quality 1..100 for --format jpg (default: 95)")
   parser.add_argument("--weights", default=pretrained.DEFAULT, metavar="NAME|PATH",
-                      help=f"registered name ({', '.join(pretrained.REGISTRY)}; python -m "
-                      "sapnet_jax.pretrained lists them), a .pth, .npz or Orbax checkpoint "
-                      f"(default: {pretrained.DEFAULT})")
+                      help=pretrained.WEIGHTS_HELP)
   parser.add_argument("--tile", type=int, default=infer.DEFAULT_TILE, metavar="N",
                       help="tile side in pixels for images larger than N; 0 = never tile "
                       f"(default: {infer.DEFAULT_TILE})")

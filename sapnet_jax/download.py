@@ -11,6 +11,7 @@ import hashlib
 import os
 import urllib.request
 
+from sapnet_jax import fileio
 from sapnet_jax.fileio import atomic_write, cache_dir
 
 
@@ -19,16 +20,22 @@ class DownloadError(OSError):
 
 
 def sha256_of(path: str) -> str:
+  """SHA-256 of a file (a local path or a URI), read in 1 MiB blocks."""
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with fileio.open_read(path) as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
 
 
+def cache_path(filename: str) -> str:
+  """Where `fetch` keeps `filename`."""
+  return os.path.join(cache_dir(), filename)
+
+
 def fetch(url: str, sha256: str, filename: str) -> str:
   """Returns the path of `filename` in the cache, downloading `url` first if needed."""
-  path = os.path.join(cache_dir(), filename)
+  path = cache_path(filename)
   if os.path.exists(path):
     got = sha256_of(path)
     if got != sha256:

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import checkpoint, convert, fileio, infer, models, pretrained, pth
+from sapnet_jax import checkpoint, convert, download, fileio, infer, models, pretrained, pth
 from sapnet_jax.models import pdu
 
 FORMATS = ("stablehlo", "onnx")
@@ -193,10 +193,9 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray) -> float:
   return diff
 
 
-def check_stablehlo(blob: bytes, model: nnx.Module, images: np.ndarray,
-                    derainer: infer.Derainer | None = None) -> float:
-  """Runs the serialized export on `images`; the max |difference| to the package's output."""
-  want = np.asarray((derainer or infer.Derainer(model)).batch(images))
+def check_stablehlo(blob: bytes, images: np.ndarray, want: np.ndarray) -> float:
+  """Runs the serialized export on `images`; the max |difference| to `want`, the package's
+  output for them."""
   got = np.asarray(jax.export.deserialize(bytearray(blob)).call(images))
   return _compare("stablehlo", got, want)
 
@@ -208,22 +207,18 @@ def run_onnx(proto_bytes: bytes, images: np.ndarray) -> np.ndarray:
   return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
-def check_onnx(proto_bytes: bytes, model: nnx.Module, images: np.ndarray,
-               derainer: infer.Derainer | None = None) -> float:
-  """Runs the ONNX model in onnxruntime; the max |difference| to the package's output."""
-  want = np.asarray((derainer or infer.Derainer(model)).batch(images))
+def check_onnx(proto_bytes: bytes, images: np.ndarray, want: np.ndarray) -> float:
+  """Runs the ONNX model in onnxruntime; the max |difference| to `want`, the package's output
+  for `images`."""
   return _compare("onnx", run_onnx(proto_bytes, images), want)
 
 
 def weights_digest(path: str) -> str:
   """SHA-256 of a weights file, or of a folder's files (relative name and content of each,
   in sorted order), read through fileio so a URI works."""
-  h = hashlib.sha256()
   if not fileio.is_dir(path):
-    with fileio.open_read(path) as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-    return h.hexdigest()
+    return download.sha256_of(path)
+  h = hashlib.sha256()
 
   def walk(folder: str, prefix: str) -> None:
     for name in fileio.listdir(folder):
@@ -269,7 +264,8 @@ def write_exports(model: nnx.Module, out: str, *, formats: Sequence[str] = FORMA
   formats = parse_formats(",".join(formats))
   ref = export_model(model)
   images = check_image()
-  derainer = infer.Derainer(model) if check else None
+  # The package's own output, what every format is checked against.
+  want = np.asarray(infer.Derainer(model).batch(images)) if check else None
   manifest: dict[str, Any] = {
       "format": "sapnet_jax export 1",
       "model": {"name": name, "architecture": architecture_name(ref.cfg),
@@ -305,7 +301,7 @@ def write_exports(model: nnx.Module, out: str, *, formats: Sequence[str] = FORMA
              "export_seconds": round(time.perf_counter() - start, 2), **entry}
     if check:
       checker = check_stablehlo if fmt == "stablehlo" else check_onnx
-      diff = checker(blob, model, images, derainer)
+      diff = checker(blob, images, want)
       entry["check"] = {"input_shape": list(images.shape), "max_abs_diff": diff,
                         "tolerance": TOLERANCE[fmt], "against": "sapnet_jax.infer.Derainer"}
     manifest["files"][fmt] = entry
@@ -343,8 +339,8 @@ def prepare_out(out: str) -> None:
 def load_weights(name_or_path: str) -> tuple[nnx.Module, str]:
   """(model, the file or folder it came from), with errors naming the weights."""
   try:
-    path = pretrained.resolve(name_or_path)
-    return pretrained.load(name_or_path), path
+    path = pretrained.resolve(name_or_path)  # fetched and hash-checked once
+    return pretrained.load(path), path
   except pretrained.UnknownWeightsError as e:
     raise UsageError(f"--weights: {e}") from None
   except (checkpoint.CheckpointError, convert.ConversionError, pth.PthError, OSError) as e:
@@ -354,9 +350,8 @@ def load_weights(name_or_path: str) -> tuple[nnx.Module, str]:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m sapnet_jax.export", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--weights", default=pretrained.DEFAULT,
-                      help=f"registered name ({', '.join(pretrained.REGISTRY)}), .pth, .npz or "
-                           f"Orbax folder; default {pretrained.DEFAULT}")
+  parser.add_argument("--weights", default=pretrained.DEFAULT, metavar="NAME|PATH",
+                      help=pretrained.WEIGHTS_HELP)
   parser.add_argument("--out", required=True, help="output folder (may be a URI)")
   parser.add_argument("--format", default=",".join(FORMATS),
                       help=f"comma-separated, from {', '.join(FORMATS)}; default both")
@@ -378,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  name = args.weights if args.weights in pretrained.REGISTRY else fileio.basename(path)
+  name = pretrained.display_name(args.weights)
   try:
     manifest = write_exports(model, args.out, formats=formats, name=name, weights=path,
                              source=args.weights,

@@ -90,6 +90,18 @@ def _cache_name(name: str) -> str:
   return f"{name}.pth"
 
 
+WEIGHTS_HELP = (f"registered name ({', '.join(REGISTRY)}; python -m sapnet_jax.pretrained lists "
+                f"them), a .pth, .npz or Orbax checkpoint (default: {DEFAULT})")
+
+
+def display_name(name_or_path: str) -> str:
+  """A registered name, or the weights file's own name: what outputs and clients are shown
+  (never the folders it lies in)."""
+  if name_or_path in REGISTRY:
+    return name_or_path
+  return fileio.basename(name_or_path.rstrip("/")) or name_or_path
+
+
 def load(name_or_path: str = DEFAULT, **overrides) -> nnx.Module:
   """Returns a ready model; `overrides` set forward-only config fields (scan, dtype)."""
   path = resolve(name_or_path)
@@ -119,7 +131,7 @@ def state(name: str) -> State:
   if entry.file is not None:
     path = os.path.join(WEIGHTS_DIR, entry.file)
     return State("shipped" if os.path.exists(path) else "missing", path)
-  path = os.path.join(fileio.cache_dir(), _cache_name(name))
+  path = download.cache_path(_cache_name(name))
   if not os.path.exists(path):
     return State("not downloaded", path)
   return State("cached" if download.sha256_of(path) == entry.sha256 else "wrong hash", path)

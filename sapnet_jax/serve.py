@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Sequence
 
@@ -26,8 +25,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, serving.
   parser = argparse.ArgumentParser(prog="python -m sapnet_jax.serve", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--weights", default=pretrained.DEFAULT, metavar="NAME|PATH",
-                      help=f"registered name ({', '.join(pretrained.REGISTRY)}), a .pth, "
-                      f".npz or Orbax checkpoint (default: {pretrained.DEFAULT})")
+                      help=pretrained.WEIGHTS_HELP)
   parser.add_argument("--host", default="127.0.0.1",
                       help="address to bind (default: 127.0.0.1, this machine only)")
   parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
@@ -74,14 +72,6 @@ def default_max_batch() -> int:
   return 1 if jax.devices()[0].platform == "cpu" else DEFAULTS.max_batch
 
 
-def display_name(weights: str) -> str:
-  """What clients see as the model's name: a registered name, or the file's own name (never
-  the server's folders)."""
-  if weights in pretrained.REGISTRY:
-    return weights
-  return os.path.basename(weights.rstrip("/")) or weights
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   args, limits = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -92,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, OSError) as e:  # unknown or unfit weights, failed download
     print(f"error: {e}", file=sys.stderr)
     return 2
-  name = display_name(args.weights)
+  name = pretrained.display_name(args.weights)
   entry = pretrained.REGISTRY.get(args.weights)
   logging.info("batching up to %d same-size images, waiting up to %g ms", limits.max_batch,
                limits.batch_wait_ms)

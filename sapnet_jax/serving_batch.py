@@ -76,13 +76,6 @@ class Batcher:
   def is_tiled(self, height: int, width: int) -> bool:
     return self.tile is not None and (height > self.tile or width > self.tile)
 
-  def tile_count(self, height: int, width: int) -> int:
-    if not self.is_tiled(height, width):
-      return 1
-    th, tw = min(self.tile, height), min(self.tile, width)
-    return (len(infer.tile_starts(height, th, self.overlap))
-            * len(infer.tile_starts(width, tw, self.overlap)))
-
   async def derain(self, image: np.ndarray) -> Result:
     loop = self._bind()
     h, w, _ = image.shape
@@ -90,9 +83,8 @@ class Batcher:
     if self.is_tiled(h, w):
       async with self._device:
         started = time.perf_counter()
-        out = await loop.run_in_executor(self._worker, self._tiled, image)
-      return Result(out, 1, self.tile_count(h, w), started - submitted,
-                    time.perf_counter() - started)
+        out, tiles = await loop.run_in_executor(self._worker, self._tiled, image)
+      return Result(out, 1, tiles, started - submitted, time.perf_counter() - started)
     job = _Job(image, loop.create_future(), submitted)
     group = self._groups.get((h, w))
     if group is None:
@@ -105,8 +97,12 @@ class Batcher:
       group.full.set()
     return await job.future
 
-  def _tiled(self, image: np.ndarray) -> np.ndarray:
-    return self.derainer(image, tile=self.tile, overlap=self.overlap)
+  def _tiled(self, image: np.ndarray) -> tuple[np.ndarray, int]:
+    """The tiled result and its tile count (as the Derainer reports it)."""
+    total = []
+    out = self.derainer(image, tile=self.tile, overlap=self.overlap,
+                        progress=lambda done, n: total.append(n))
+    return out, total[-1]
 
   async def _flush(self, key: tuple[int, int], group: _Group) -> None:
     """Runs `group` in batches until it is empty, then forgets it (the next image of that size

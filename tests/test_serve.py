@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 
 from conftest import REPO
 from imagefiles import odd_images
-from sapnet_jax import checkpoint, infer, models, serve, serving
+from sapnet_jax import checkpoint, infer, models, pretrained, serve, serving
 from sapnet_jax.data.imageio import to_uint8
 from sapnet_jax.models import pdu
 from sapnet_jax.serving_batch import Batcher
@@ -387,8 +387,8 @@ def test_cli_unknown_weights_and_default_host(capsys):
   args, limits = serve.parse_args([])
   assert args.host == "127.0.0.1"
   assert limits == serving.Limits(max_batch=1)  # on a CPU, where batches were measured slower
-  assert serve.display_name("sapnet-rain100h") == "sapnet-rain100h"
-  assert serve.display_name(os.path.join("some", "dir", "tiny.npz")) == "tiny.npz"
+  assert pretrained.display_name("sapnet-rain100h") == "sapnet-rain100h"
+  assert pretrained.display_name(os.path.join("some", "dir", "tiny.npz")) == "tiny.npz"
 
 
 def test_load_benchmark_runs_small(model, tmp_path):
