@@ -7,7 +7,8 @@ Each model is scored by sapnet_jax.evaluation (NIQE/BRISQUE without --clean, the
 conventions with it) into OUT/<label>/metrics.{json,csv} with its de-rained images in
 OUT/<label>/outputs/. OUT/comparison.json and OUT/comparison.md hold every model's means;
 OUT/grid.png has one row per shown image: rainy | each model | clean (if given), labelled.
-The folders, OUT and the weights may be URIs (gs://bucket/...).
+The folders, OUT and the weights may be URIs (gs://bucket/...). Flags are checked before any
+work (a bad one is one line and exit status 2), and so is that OUT is no input folder.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw
 from sapnet_jax import evaluation, fileio, infer, pretrained
 from sapnet_jax.data import imageio
 from sapnet_jax.fileio import atomic_write
+from sapnet_jax.utils import flags
 
 LOWER_IS_BETTER = ("niqe", "brisque", "niqe_input", "brisque_input")
 
@@ -110,6 +112,19 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
   return means
 
 
+def check_out(parser: argparse.ArgumentParser, out: str, labels: Sequence[str],
+              input_dirs: Sequence[str | None]) -> None:
+  """Ends the command (one line, exit status 2) if OUT, or a folder it writes images into, is
+  an input folder: inputs are never written over."""
+  inputs = fileio.identities(d for d in input_dirs if d)
+  written = [out, *(fileio.join(out, label) for label in labels),
+             *(fileio.join(out, label, "outputs") for label in labels)]
+  for folder in written:
+    if fileio.identities([folder]) & inputs:
+      flags.fail(parser, f"--out {fileio.printable(out)}: {fileio.printable(folder)} would be "
+                 "written into, and it is an input folder; choose another --out")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m sapnet_jax.compare", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,18 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--out", required=True, metavar="DIR")
   parser.add_argument("--images", default="", metavar="NAMES",
                       help="comma-separated file names for the figure (default: the first --count)")
-  parser.add_argument("--count", type=int, default=4, metavar="K")
-  parser.add_argument("--tile", type=int, default=infer.DEFAULT_TILE, metavar="N",
-                      help="tile side for large images; 0 = whole images")
-  parser.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP, metavar="P")
+  parser.add_argument("--count", type=flags.int_at_least(1), default=4, metavar="K")
+  flags.add_tiling(parser, infer.DEFAULT_TILE, infer.DEFAULT_OVERLAP)
   args = parser.parse_args(argv)
+  flags.check_tiling(parser, args)
   try:
     models = [parse_model(m) for m in args.model]
+    check_out(parser, args.out, [label for label, _ in models], [args.rainy, args.clean])
     means = compare(models, args.rainy, args.clean, args.out,
                     [n for n in args.images.split(",") if n], args.count, args.tile or None,
                     args.overlap)
   except (ValueError, OSError) as e:  # PairError, unknown weights, unreadable images
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
     return 1
   print(markdown_table(means), end="")
   return 0

@@ -6,9 +6,15 @@ and OUT_DIR may be local paths or URIs (gs://bucket/folder). Every result is wri
 OUT_DIR/<stem>.png, or .jpg with --format jpg (8-bit RGB, clamped and rounded), keeping the
 photo's EXIF (camera, date, ...; the orientation tag is cleared because the pixels are written
 upright) and ICC colour profile.
-A file that cannot be read is reported on one line naming it; the others are still processed
-and the exit status is 1. On a terminal, a bar shows the images done and, for a photo larger
-than --tile, its tiles.
+No input is ever written over: when a result would replace one of the inputs (OUT_DIR is an
+input folder, or a link to one), the command stops before any work with one line naming both
+and exit status 2; choose another OUT_DIR. A file that fails (unreadable, an unaccepted
+format, an error while de-raining or writing) is reported on one line, `error: FILE: reason`,
+and the others are still processed; the exit status is then 1. EXIF or ICC data that the output
+format cannot hold (EXIF over JPEG's 64 kB) is left out with a `warning:` line, and the pixels
+are still written. Names are printed with control characters escaped (a newline as \n), so
+a file name cannot forge a line. On a terminal, a bar shows the images done and, for a photo
+larger than --tile, its tiles.
 
 Compiled programs are kept in a persistent cache ($JAX_COMPILATION_CACHE_DIR, else
 $SAPNET_JAX_CACHE/jax_compile, else ~/.cache/sapnet_jax/jax_compile), so a later run on an
@@ -26,6 +32,7 @@ from tqdm import tqdm
 
 from sapnet_jax import compile_cache, fileio, infer, pretrained
 from sapnet_jax.data import imageio
+from sapnet_jax.utils import flags
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg"}
 
@@ -68,7 +75,8 @@ def _folder_prefix(folder: str) -> str:
 def output_paths(files: Sequence[str], out_dir: str, extension: str = ".png",
                  relative: Mapping[str, str] | None = None) -> dict[str, str]:
   """Maps each input to OUT_DIR/<relative dir>/<stem><extension> (the relative name defaults
-  to the file's own name); raises ValueError if two inputs would be written to one file."""
+  to the file's own name); raises ValueError if two inputs would be written to one file or a
+  result would replace any input (links resolved)."""
   outputs, owner = {}, {}
   for path in files:
     name = (relative or {}).get(path) or fileio.basename(path)
@@ -76,10 +84,16 @@ def output_paths(files: Sequence[str], out_dir: str, extension: str = ".png",
     parts[-1] = os.path.splitext(parts[-1])[0] + extension
     out = fileio.join(out_dir, *parts)
     if out in owner and fileio.absolute(owner[out]) != fileio.absolute(path):
-      raise ValueError(f"{owner[out]} and {path} would both be written to {out}; "
-                       "rename one or de-rain them into different --out folders")
+      raise ValueError(f"{fileio.printable(owner[out])} and {fileio.printable(path)} would both "
+                       f"be written to {fileio.printable(out)}; rename one or de-rain them into "
+                       "different --out folders")
     owner[out] = path
     outputs[path] = out
+  inputs = fileio.identities(files)
+  for path, out in outputs.items():
+    if fileio.identities([out]) & inputs:
+      raise ValueError(f"{fileio.printable(out)}: the result of {fileio.printable(path)} would "
+                       "overwrite an input; choose an --out folder that holds no inputs")
   return outputs
 
 
@@ -106,32 +120,52 @@ class _TileBar:
 def derain_files(derainer: infer.Derainer, files: Sequence[str], out_dir: str,
                  tile: int | None, overlap: int, format: str = "png", quality: int = 95,
                  relative: Mapping[str, str] | None = None) -> list[str]:
-  """De-rains each file into out_dir; returns one error line per file that failed."""
+  """De-rains each file into out_dir; returns one error line per file that failed (printable:
+  control characters in names escaped). Any failure of one file (reading, de-raining,
+  encoding, writing) is that file's error line; the others are still processed."""
   outputs = output_paths(files, out_dir, EXTENSIONS[format], relative)
   errors = []
   for path in tqdm(outputs, desc="de-raining", unit="image", disable=None, file=sys.stderr):
-    bar = _TileBar(fileio.basename(path))
+    bar = _TileBar(fileio.printable(fileio.basename(path)))
+    notes = []
     try:
-      image, metadata = imageio.read_image_with_metadata(path)
-      result = derainer(image, tile=tile, overlap=overlap, progress=bar)
-      imageio.write_image(outputs[path], result, format, quality, metadata)
-    except imageio.ImageReadError as e:
-      errors.append(str(e))
-    except OSError as e:
-      errors.append(f"{outputs[path]}: cannot write ({e})")
-    else:
-      continue
+      error = _derain_one(derainer, path, outputs[path], tile, overlap, format, quality, bar,
+                          notes)
     finally:
       bar.close()
-    tqdm.write(f"error: {errors[-1]}", file=sys.stderr)
+    for note in notes:
+      tqdm.write(f"warning: {fileio.printable(outputs[path])}: {fileio.printable(note)}",
+                 file=sys.stderr)
+    if error is not None:
+      errors.append(fileio.printable(error))
+      tqdm.write(f"error: {errors[-1]}", file=sys.stderr)
   return errors
 
 
-def _quality(text: str) -> int:
-  value = int(text)
-  if not 1 <= value <= 100:
-    raise argparse.ArgumentTypeError(f"must be in 1..100, got {value}")
-  return value
+def _derain_one(derainer: infer.Derainer, path: str, out: str, tile: int | None, overlap: int,
+                format: str, quality: int, bar: _TileBar, notes: list[str]) -> str | None:
+  """De-rains one file; returns its error line, or None. Every exception is the file's own:
+  it must not end the batch, nor reach the user as a traceback."""
+  try:
+    image, metadata = imageio.read_image_with_metadata(path)
+  except imageio.ImageReadError as e:
+    return str(e)
+  except Exception as e:  # noqa: BLE001 - an unreadable file of any kind is one error line
+    return f"{path}: cannot read ({_reason(e)})"
+  try:
+    result = derainer(image, tile=tile, overlap=overlap, progress=bar)
+    data = imageio.encode_image(result, format, quality, metadata, notes)
+  except Exception as e:  # noqa: BLE001 - as above, for de-raining and encoding
+    return f"{path}: cannot de-rain ({_reason(e)})"
+  try:
+    fileio.write_bytes(out, data)
+  except Exception as e:  # noqa: BLE001 - a full disk or a read-only folder, say
+    return f"{out}: cannot write ({_reason(e)})"
+  return None
+
+
+def _reason(error: BaseException) -> str:
+  return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,44 +178,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "results mirror them under OUT_DIR")
   parser.add_argument("--format", choices=tuple(EXTENSIONS), default="png",
                       help="output format (default: png, lossless)")
-  parser.add_argument("--quality", type=_quality, default=95, metavar="Q",
+  parser.add_argument("--quality", type=flags.int_in(1, 100), default=95, metavar="Q",
                       help="JPEG quality 1..100 for --format jpg (default: 95)")
-  parser.add_argument("--weights", default=pretrained.DEFAULT, metavar="NAME|PATH",
-                      help=pretrained.WEIGHTS_HELP)
-  parser.add_argument("--tile", type=int, default=infer.DEFAULT_TILE, metavar="N",
-                      help="tile side in pixels for images larger than N; 0 = never tile "
-                      f"(default: {infer.DEFAULT_TILE})")
-  parser.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP, metavar="P",
-                      help="overlap of neighbouring tiles in pixels "
-                      f"(default: {infer.DEFAULT_OVERLAP})")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                      help="computation precision (default: float32)")
-  cache = parser.add_mutually_exclusive_group()
-  cache.add_argument("--compile-cache", metavar="DIR",
-                     help=f"persistent compilation cache folder (default: {compile_cache.ENV}, "
-                     "else the user cache folder's jax_compile)")
-  cache.add_argument("--no-compile-cache", action="store_true",
-                     help="compile every image size afresh, writing no cache")
+  flags.add_weights(parser, pretrained.DEFAULT, pretrained.WEIGHTS_HELP)
+  flags.add_tiling(parser, infer.DEFAULT_TILE, infer.DEFAULT_OVERLAP)
+  flags.add_dtype(parser)
+  flags.add_compile_cache(parser, f"{compile_cache.ENV}, else the user cache folder's "
+                          "jax_compile")
   args = parser.parse_args(argv)
-  if args.tile < 0 or (args.tile and not 0 <= args.overlap < args.tile):
-    parser.error("--tile must be >= 0 and --overlap must satisfy 0 <= P < N")
+  flags.check_tiling(parser, args)
 
   found, missing = find_inputs(args.inputs, args.recursive, exclude=args.out)
   for e in missing:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {fileio.printable(e)}", file=sys.stderr)
+  try:
+    # Before any work: a result must never replace an input.
+    if fileio.exists(args.out) and not fileio.is_dir(args.out):
+      raise ValueError(f"{args.out}: --out must be a folder, and this is a file")
+    output_paths(list(found), args.out, EXTENSIONS[args.format], found)
+  except (ValueError, OSError) as e:
+    print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
+    return 2
   # Before loading the weights: building a model compiles too.
   with compile_cache.scope(args.compile_cache, enabled=not args.no_compile_cache):
     try:
-      output_paths(list(found), args.out, EXTENSIONS[args.format], found)
       model = pretrained.load(args.weights, dtype=args.dtype)
-    except (ValueError, OSError) as e:  # name clash, unknown or unfit weights, failed download
-      print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # unknown or unfit weights, failed download
+      print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
       return 2
-    failed = derain_files(infer.Derainer(model), list(found), args.out, args.tile or None,
-                          args.overlap, args.format, args.quality, found)
-  print(f"de-rained {len(found) - len(failed)} of {len(found)} images into {args.out}",
-        file=sys.stderr)
+    try:
+      failed = derain_files(infer.Derainer(model), list(found), args.out, args.tile or None,
+                            args.overlap, args.format, args.quality, found)
+    except KeyboardInterrupt:  # Ctrl-C: results written so far are whole, the one in progress gone
+      print(f"interrupted: results so far are in {fileio.printable(args.out)}", file=sys.stderr)
+      return 130
+  print(f"de-rained {len(found) - len(failed)} of {len(found)} images into "
+        f"{fileio.printable(args.out)}", file=sys.stderr)
   return 1 if missing or failed else 0
+
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -11,7 +11,8 @@ convention); without it, NIQE and BRISQUE of the input and of the output. Output
 quantized as saved images are (default: rounded to 8 bits, as `derain` writes them;
 `--quantize floor` reproduces the official test.py, which truncates). Reports are rewritten
 atomically after every image, so an interrupted run keeps every row scored so far. Folders and
-outputs may be local paths or URIs (gs://bucket/...).
+outputs may be local paths or URIs (gs://bucket/...). Flags are checked before any work (a bad
+one is one line and exit status 2), and so is that no output would replace an input image.
 """
 
 from __future__ import annotations
@@ -20,15 +21,32 @@ import argparse
 import sys
 from typing import Sequence
 
-from sapnet_jax import evaluation, infer, pretrained
+from sapnet_jax import evaluation, fileio, infer, pretrained
+from sapnet_jax.data import imageio
+from sapnet_jax.utils import flags
+
+
+def check_outputs(parser: argparse.ArgumentParser, reports: dict[str, str | None],
+                  outputs_dir: str | None, input_dirs: Sequence[str | None]) -> None:
+  """Ends the command (one line, exit status 2) if a report would replace an input image or
+  de-rained images would be written into an input folder: inputs are never written over."""
+  folders = [d for d in input_dirs if d]
+  inputs = fileio.identities(fileio.join(d, *n.split("/")) for d in folders
+                             for n in imageio.image_names(d))
+  for flag, path in reports.items():
+    if path and fileio.identities([path]) & inputs:
+      flags.fail(parser, f"{flag} {fileio.printable(path)} is an input image; it would be "
+                 "overwritten")
+  if outputs_dir and fileio.identities([outputs_dir]) & fileio.identities(folders):
+    flags.fail(parser, f"--save-outputs {fileio.printable(outputs_dir)} is an input folder; "
+               "its images would be overwritten")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m sapnet_jax.evaluate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--weights", default=pretrained.DEFAULT, metavar="NAME|PATH",
-                      help="weights for sapnet_jax.pretrained.load, or 'identity' to score the "
-                      "rainy inputs themselves (the baseline row of results tables)")
+  flags.add_weights(parser, pretrained.DEFAULT, pretrained.WEIGHTS_HELP + ", or 'identity' to "
+                    "score the rainy inputs themselves (the baseline row of results tables)")
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--rainy", metavar="DIR", help="rainy input images")
   source.add_argument("--dataset", metavar="NAME:SPLIT",
@@ -39,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--json", metavar="OUT", help="per-image and mean metrics as JSON")
   parser.add_argument("--csv", metavar="OUT", help="per-image metrics as CSV")
   parser.add_argument("--grid", metavar="OUT.png", help="rainy | de-rained | clean figure")
-  parser.add_argument("--grid-count", type=int, default=4, metavar="K",
+  parser.add_argument("--grid-count", type=flags.int_at_least(1), default=4, metavar="K",
                       help="worst K images in the grid (by psnr_rgb, or NIQE without --clean)")
   parser.add_argument("--grid-images", default="", metavar="NAMES",
                       help="comma-separated file names to show instead of the worst ones")
@@ -48,14 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="warn about and count bad pairs instead of stopping")
   parser.add_argument("--quantize", choices=evaluation.QUANTIZE, default="round",
                       help="8-bit rounding of outputs before scoring (floor = official test.py)")
-  parser.add_argument("--crop-border", type=int, default=0, metavar="N",
+  parser.add_argument("--crop-border", type=flags.int_at_least(0), default=0, metavar="N",
                       help="pixels cropped from each side before scoring (BasicSR crop_border)")
-  parser.add_argument("--tile", type=int, default=infer.DEFAULT_TILE, metavar="N",
-                      help="tile side for large images; 0 = whole images")
-  parser.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP, metavar="P")
+  flags.add_tiling(parser, infer.DEFAULT_TILE, infer.DEFAULT_OVERLAP)
   args = parser.parse_args(argv)
+  flags.check_tiling(parser, args)
   if args.dataset and args.clean:
-    parser.error("--clean goes with --rainy; a dataset pairs its own images")
+    flags.fail(parser, "--clean goes with --rainy; a dataset pairs its own images")
+  check_outputs(parser, {"--json": args.json, "--csv": args.csv, "--grid": args.grid},
+                args.save_outputs, [args.rainy, args.clean])
   try:
     if args.dataset:
       loaders, problems, source = evaluation.set_samples("dataset", args.dataset, args.data_dir)
@@ -67,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     derainer = (evaluation.identity if args.weights == "identity"
                 else infer.Derainer(pretrained.load(args.weights)))
   except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
     return 2
   reports = evaluation.Reports(args.json, args.csv, {
       "weights": args.weights, **source, "quantize": args.quantize,
@@ -81,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        border=args.crop_border, skip_bad=args.skip_bad,
                                        outputs_dir=args.save_outputs, grid=grid)
   except evaluation.PairError as e:
-    print(f"error: {e} ({len(reports.rows)} images scored before it are in the reports)",
-          file=sys.stderr)
+    print(f"error: {fileio.printable(str(e))} ({len(reports.rows)} images scored before it "
+          "are in the reports)", file=sys.stderr)
     return 1
   finally:
     if grid is not None:

@@ -40,6 +40,7 @@ from flax import nnx
 
 from sapnet_jax import checkpoint, convert, download, fileio, infer, models, pretrained, pth
 from sapnet_jax.models import pdu
+from sapnet_jax.utils import flags
 
 FORMATS = ("stablehlo", "onnx")
 FILES = {"stablehlo": "model.stablehlo", "onnx": "model.onnx"}
@@ -350,8 +351,7 @@ def load_weights(name_or_path: str) -> tuple[nnx.Module, str]:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m sapnet_jax.export", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--weights", default=pretrained.DEFAULT, metavar="NAME|PATH",
-                      help=pretrained.WEIGHTS_HELP)
+  flags.add_weights(parser, pretrained.DEFAULT, pretrained.WEIGHTS_HELP)
   parser.add_argument("--out", required=True, help="output folder (may be a URI)")
   parser.add_argument("--format", default=",".join(FORMATS),
                       help=f"comma-separated, from {', '.join(FORMATS)}; default both")

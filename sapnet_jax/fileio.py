@@ -6,7 +6,11 @@ fsspec backend knows) works wherever a local path does. `gs://` needs gcsfs
 
 Atomic writes (`atomic_write`), by kind of store:
   * local files: a temporary file in the same folder, fsync'ed, then `os.replace`d over the
-    target: readers see the old file or the whole new one, even after a crash.
+    target: readers see the old file or the whole new one, even after a crash. The temporary
+    name is random and created exclusively (O_EXCL | O_NOFOLLOW), so a file or symlink planted
+    at a guessable name is never followed or overwritten; it is removed on an error and, when
+    the write runs on the main thread, on SIGINT/SIGTERM (the handler removes the live
+    temporary files, then hands the signal to the handler it replaced, or to the default).
   * object stores (gs://, s3://, ...): the bytes are gathered in memory and sent as one object
     upload. GCS and S3 make an object visible only once its upload has completed, so readers
     see the old object or the whole new one; there is no rename there (a "rename" is a copy
@@ -22,8 +26,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import shutil
+import signal
 import tempfile
+import threading
 from typing import BinaryIO, Iterator
 
 import fsspec
@@ -70,6 +77,25 @@ def absolute(path: PathLike) -> str:
   return text if is_remote(text) else os.path.abspath(os.path.expanduser(text))
 
 
+def identities(paths) -> set:
+  """What tells files apart, for checking that an output is none of the inputs: for a local
+  path its real path (links resolved) and, if it exists, its (device, inode), which also
+  catches hard links and case-insensitive names; for a URI its text, its `//` runs collapsed
+  after the scheme. Two paths name one file if their sets meet."""
+  found = set()
+  for path in paths:
+    text = os.fspath(path)
+    if is_remote(text):
+      scheme, _, rest = text.partition("://")
+      found.add(scheme + "://" + "/".join(p for p in rest.split("/") if p not in ("", ".")))
+      continue
+    found.add(os.path.normcase(os.path.realpath(os.path.expanduser(text))))
+    with contextlib.suppress(OSError):
+      stat = os.stat(text)
+      found.add((stat.st_dev, stat.st_ino))
+  return found
+
+
 def basename(path: PathLike) -> str:
   return os.fspath(path).rstrip("/").rsplit("/", 1)[-1] if is_remote(path) else \
       os.path.basename(os.fspath(path))
@@ -114,6 +140,59 @@ def open_read(path: PathLike) -> BinaryIO:
   return io.BytesIO(data)
 
 
+def printable(text: PathLike) -> str:
+  """`text` with each non-printable character escaped as Python would (a newline as \\n, an
+  escape as \\x1b): every name a command prints goes through here, so a file name cannot forge
+  or hide a line of output."""
+  text = os.fspath(text)
+  if isinstance(text, bytes):
+    text = os.fsdecode(text)
+  if text.isprintable():
+    return text
+  return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_live_temps: set[str] = set()  # temporary files being written, removed on SIGINT/SIGTERM
+_replaced_handlers: dict[int, object] = {}
+_CLEANUP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _remove_live_temps(signum: int, frame) -> None:
+  for tmp in list(_live_temps):
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+  _live_temps.clear()
+  previous = _replaced_handlers.get(signum, signal.SIG_DFL)
+  if callable(previous):
+    previous(signum, frame)  # e.g. Python's KeyboardInterrupt, uvicorn's or absl's handler
+  elif previous != signal.SIG_IGN:  # the default action (or one set outside Python): die of it
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_cleanup() -> None:
+  # Only the main thread may set handlers; a write elsewhere is still cleaned on errors.
+  if threading.current_thread() is not threading.main_thread():
+    return
+  for signum in _CLEANUP_SIGNALS:
+    current = signal.getsignal(signum)
+    if current is not _remove_live_temps:
+      _replaced_handlers[signum] = current
+      signal.signal(signum, _remove_live_temps)
+
+
+def _create_temp(directory: str, name: str) -> tuple[int, str]:
+  for _ in range(100):
+    tmp = os.path.join(directory, f".{name[:80]}.{secrets.token_hex(8)}.tmp")
+    try:
+      # 0o666 less the umask, as a plain open would give the target.
+      return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+    except FileExistsError:
+      continue
+  raise FileExistsError(f"{directory}: cannot create a temporary file for {name}")
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
   """Yields a binary file that replaces `path` only if the block finishes without error
@@ -126,16 +205,20 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  # Same directory, so os.replace is a rename within one filesystem.
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+  _install_cleanup()
+  # Same directory, so os.replace is a rename within one filesystem; it replaces a symlink at
+  # `path` itself, never the file it points to.
+  fd, tmp = _create_temp(directory, os.path.basename(path))
+  _live_temps.add(tmp)
   try:
-    with open(tmp, "wb") as f:
+    with os.fdopen(fd, "wb") as f:
       yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
-    if os.path.exists(tmp):
+    _live_temps.discard(tmp)
+    with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
 
 

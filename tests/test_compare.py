@@ -77,3 +77,19 @@ def test_bad_model_spec_and_duplicate_labels_are_errors(tmp_path, models, capsys
   assert "nope.png" in capsys.readouterr().err
   assert compare.main(base + ["--model", "=sapnet-rain100h"]) == 1
   assert "LABEL=NAME|PATH" in capsys.readouterr().err
+
+
+def test_bad_flags_and_an_input_out_folder_stop_before_any_work(tmp_path, models, capsys):
+  real = _photos(tmp_path / "real", sizes=((20, 24),))
+  before = sorted(p.name for p in real.iterdir())
+  for flags, message in ((["--tile", "48", "--out", str(tmp_path / "o")],
+                          "--overlap 64 must be smaller than --tile 48"),
+                         (["--count", "0", "--out", str(tmp_path / "o")],
+                          "--count: must be >= 1, got 0"),
+                         (["--out", str(real)], "it is an input folder")):
+    with pytest.raises(SystemExit) as exit_info:
+      compare.main(["--model", f"pdu={models[0][1]}", "--rainy", str(real), *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err.splitlines()[-1] and "Traceback" not in err, err
+  assert not (tmp_path / "o").exists() and sorted(p.name for p in real.iterdir()) == before

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 from PIL import Image, ImageCms
 
+import hostile
 from conftest import REPO, shared_path
 from imagefiles import odd_images
 from sapnet_jax import checkpoint, compile_cache, derain
@@ -243,3 +244,101 @@ def test_compile_cache_across_runs(tmp_path, tiny_weights):
                    env={compile_cache.ENV: str(tmp_path / "env_cache")})
   assert not (tmp_path / "other" / "jax_compile").exists() and not (tmp_path / "env_cache").exists()
   assert "Persistent compilation cache hit" not in off
+
+
+def _snapshot(folder):
+  return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_never_writes_over_its_inputs(tmp_path, tiny_weights, capsys):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("a.png", "b.png"):
+    Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(photos / name)
+  (tmp_path / "link").symlink_to(photos, target_is_directory=True)
+  before = _snapshot(photos)
+  # The folder itself, a link to it, and a single file whose result lands on another input.
+  for args in ([str(photos), "--out", str(photos)],
+               [str(photos), "--out", str(tmp_path / "link")],
+               [str(photos / "a.png"), str(tmp_path / "link" / "b.png"), "--out",
+                str(photos)]):
+    assert derain.main([*args, "--weights", tiny_weights]) == 2, args
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "would overwrite an input" in err, err
+    assert _snapshot(photos) == before  # byte-identical, and no new file (a temporary one)
+
+
+def test_metadata_jpeg_cannot_hold_is_dropped_and_the_batch_goes_on(tmp_path, tiny_weights,
+                                                                     capsys):
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "big_exif.png").write_bytes(hostile.png_with_big_exif())
+  Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(tmp_path / "in" / "z.png")
+  out = tmp_path / "out"
+  assert derain.main([str(tmp_path / "in"), "--out", str(out), "--format", "jpg", "--weights",
+                      tiny_weights]) == 0
+  err = capsys.readouterr().err
+  warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+  assert len(warnings) == 1 and "big_exif.jpg: EXIF metadata" in warnings[0], err
+  assert "Traceback" not in err and "error:" not in err
+  with Image.open(out / "big_exif.jpg") as im:
+    assert im.format == "JPEG" and im.size == (24, 16) and not im.info.get("exif")
+  assert (out / "z.jpg").exists()
+
+
+def test_undocumented_formats_are_refused_by_name(tmp_path, tiny_weights, capsys):
+  folder = tmp_path / "in"
+  written = hostile.write_corpus(folder, ("unsupported",))
+  Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(folder / "good.png")
+  assert derain.main([str(folder), "--out", str(tmp_path / "out"), "--weights",
+                      tiny_weights]) == 1
+  lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+  assert len(lines) == len(written)
+  for name in written:
+    fmt = name.split("_")[0].upper()
+    assert any(f"{name}: {fmt} images are not accepted" in line for line in lines), (name, lines)
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
+
+
+def test_a_file_name_cannot_forge_a_line(tmp_path, tiny_weights, capsys):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  (folder / hostile.FORGING_NAME).write_bytes(hostile.not_an_image())
+  (folder / "cut\r.png").write_bytes(hostile.truncated(hostile.png(32, 32)))
+  Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(folder / "ok.png")
+  assert derain.main([str(folder), "--out", str(tmp_path / "out"), "--weights",
+                      tiny_weights]) == 1
+  err = capsys.readouterr().err
+  lines = err.splitlines()
+  assert "\r" not in err
+  assert len([line for line in lines if line.startswith("error:")]) == 2  # one per bad file
+  assert any("evil\\nerror: fake.png: not an image" in line for line in lines), lines
+  assert any("cut\\r.png: cannot decode" in line for line in lines), lines
+  assert lines[-1] == f"de-rained 1 of 3 images into {tmp_path / 'out'}"
+
+
+def test_a_failed_write_is_one_error_and_the_others_are_written(tmp_path, tiny_weights, capsys):
+  for name in ("a.png", "b.png"):
+    Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(tmp_path / name)
+  out = tmp_path / "out"
+  (out / "a.png").mkdir(parents=True)  # a folder where a's result would go
+  assert derain.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(out),
+                      "--weights", tiny_weights]) == 1
+  lines = capsys.readouterr().err.splitlines()
+  assert [line for line in lines if line.startswith("error:")] == [
+      line for line in lines if line.startswith(f"error: {out / 'a.png'}: cannot write")]
+  assert len(lines) == 2 and (out / "b.png").is_file() and (out / "a.png").is_dir()
+  assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--tile", "48"], "--overlap 64 must be smaller than --tile 48"),
+    (["--tile", "-1"], "argument --tile: must be >= 0, got -1"),
+    (["--tile", "32", "--overlap", "-4"], "argument --overlap: must be >= 0, got -4"),
+])
+def test_bad_tiling_flags_stop_before_any_work(tmp_path, capsys, flags, message):
+  Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+  with pytest.raises(SystemExit) as exit_info:
+    derain.main([str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), *flags])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err.splitlines()[-1]
+  assert not (tmp_path / "out").exists()

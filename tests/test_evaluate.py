@@ -279,3 +279,31 @@ def test_main_eval_scores_pretrained_weights_without_a_checkpoint(rain100h_subse
   for name, row in want.items():
     for key in metrics.KEYS:
       assert got[name][key] == pytest.approx(row[key], abs=1e-9), (name, key)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--tile", "48"], "--overlap 64 must be smaller than --tile 48"),
+    (["--tile", "-1"], "--tile: must be >= 0, got -1"),
+    (["--grid-count", "0", "--grid", "g.png"], "--grid-count: must be >= 1, got 0"),
+])
+def test_bad_flags_stop_before_any_work(tmp_path, weights, capsys, flags, message):
+  _pairs(tmp_path)
+  with pytest.raises(SystemExit) as exit_info:
+    _run(tmp_path, weights, *flags)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err.splitlines()[-1] and "Traceback" not in err
+  assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.csv").exists()
+
+
+def test_outputs_never_replace_inputs(tmp_path, weights, capsys):
+  rainy, clean = _pairs(tmp_path, n=2)
+  before = {p: p.read_bytes() for p in [*rainy.iterdir(), *clean.iterdir()]}
+  for extra in (["--save-outputs", str(rainy)], ["--grid", str(clean / "norain-000.png")]):
+    with pytest.raises(SystemExit) as exit_info:
+      _run(tmp_path, weights, *extra)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "would be overwritten" in err, err
+  assert {p: p.read_bytes() for p in [*rainy.iterdir(), *clean.iterdir()]} == before
+  assert not (tmp_path / "r.json").exists()

@@ -1,9 +1,14 @@
 """The path layer on local paths and on a real GCS-API server (fake-gcs-server on localhost)."""
 
 import os
+import secrets
+import signal
+import subprocess
+import sys
 
 import pytest
 
+from conftest import REPO
 from sapnet_jax import fileio
 
 
@@ -74,3 +79,79 @@ def test_objects_written_by_another_client_are_listed(gcs_server, gcs_bucket):
       data=b"", method="POST")
   urllib.request.urlopen(req, timeout=10).close()
   assert fileio.listdir(folder) == ["2", "4"]
+
+
+def test_atomic_write_never_follows_a_planted_symlink(tmp_path, monkeypatch):
+  victim = tmp_path / "victim.txt"
+  victim.write_bytes(b"precious")
+  folder = tmp_path / "out"
+  folder.mkdir()
+  # Links at the names an attacker could guess: the pid-based name, and the very name the next
+  # random choice gives (forced here, so the clash is certain rather than unlikely).
+  tokens = iter(["guessed", "fresh"])
+  monkeypatch.setattr(secrets, "token_hex", lambda n: next(tokens))
+  planted = [f".a.png.{os.getpid()}.tmp", ".a.png.guessed.tmp", ".a.png.tmp"]
+  for name in planted:
+    (folder / name).symlink_to(victim)
+  (folder / "b.png").symlink_to(victim)  # at the target itself: replaced, not followed
+  fileio.write_bytes(folder / "a.png", b"new a")
+  monkeypatch.undo()
+  fileio.write_bytes(folder / "b.png", b"new b")
+  assert victim.read_bytes() == b"precious"
+  assert (folder / "a.png").read_bytes() == b"new a" and not (folder / "a.png").is_symlink()
+  assert (folder / "b.png").read_bytes() == b"new b" and not (folder / "b.png").is_symlink()
+  assert sorted(os.listdir(folder)) == sorted(planted + ["a.png", "b.png"])  # no temp left
+  assert all((folder / name).is_symlink() for name in planted)
+
+
+_WRITER = """
+import signal, sys, time
+from sapnet_jax import fileio
+if sys.argv[2] == "own-handler":  # a handler the program set before (uvicorn's, absl's)
+  def handler(signum, frame):
+    open(sys.argv[3], "w").close()
+    sys.exit(3)
+  signal.signal(signal.SIGTERM, handler)
+with fileio.atomic_write(sys.argv[1]) as f:
+  f.write(b"half of it")
+  f.flush()
+  print("writing", flush=True)
+  time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how,code", [("default", -signal.SIGTERM), ("own-handler", 3)])
+def test_sigterm_mid_write_leaves_no_temporary_file(tmp_path, how, code):
+  folder, marker = tmp_path / "out", tmp_path / "handled"
+  folder.mkdir()
+  proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(folder / "a.png"), how,
+                           str(marker)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+  try:
+    assert proc.stdout.readline() == "writing\n"
+    assert len(os.listdir(folder)) == 1  # the temporary file, mid-write
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == code
+  finally:
+    proc.kill()
+    proc.wait()
+  assert os.listdir(folder) == []  # neither a temporary file nor a half target
+  assert marker.exists() == (how == "own-handler")  # the program's own handler still ran
+
+
+def test_printable_escapes_what_could_forge_or_hide_a_line():
+  assert fileio.printable("photos/a b.png") == "photos/a b.png"
+  assert fileio.printable("evil\nerror: fake.png") == "evil\\nerror: fake.png"
+  assert fileio.printable("a\rb\x1b[2Kc\u202ed\udcff") == "a\\rb\\x1b[2Kc\\u202ed\\udcff"
+  assert "\n" not in fileio.printable("".join(map(chr, range(0x2030))))
+
+
+def test_identities_see_through_links(tmp_path):
+  (tmp_path / "photos").mkdir()
+  (tmp_path / "photos" / "a.png").write_bytes(b"a")
+  (tmp_path / "link").symlink_to(tmp_path / "photos", target_is_directory=True)
+  os.link(tmp_path / "photos" / "a.png", tmp_path / "hard.png")
+  a = fileio.identities([tmp_path / "photos" / "a.png"])
+  assert a & fileio.identities([tmp_path / "link" / "a.png"])
+  assert a & fileio.identities([tmp_path / "hard.png"])
+  assert not a & fileio.identities([tmp_path / "photos" / "b.png"])
+  assert fileio.identities(["gs://b//x/./y"]) == fileio.identities(["gs://b/x/y"])

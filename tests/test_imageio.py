@@ -1,9 +1,13 @@
 """Reading every kind of image file as RGB float, and writing PNGs atomically."""
 
+import io
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
 
+import hostile
 from imagefiles import jpeg_with_orientation, png16
 from sapnet_jax.data import imageio
 
@@ -124,3 +128,59 @@ def test_failed_write_keeps_existing_file(tmp_path, monkeypatch):
     imageio.write_png(target, np.ones((4, 4, 3), np.float32))
   assert target.read_bytes() == before
   assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+@pytest.mark.parametrize("fmt", hostile.UNDOCUMENTED)
+def test_only_documented_formats_are_decoded(fmt):
+  data = hostile.undocumented_format(fmt)
+  with pytest.raises(imageio.UnsupportedFormatError,
+                     match=rf"^up\.png: {fmt} images are not accepted; send PNG, JPEG"):
+    imageio.decode_image(data, "up.png")
+
+
+def test_every_documented_format_is_still_decoded():
+  a = _rgb8()
+  for fmt in ("PNG", "BMP", "TIFF", "PPM", "GIF", "JPEG", "WEBP", "MPO"):
+    got, _ = imageio.decode_image(hostile.encoded(a, fmt), fmt)
+    assert got.shape == a.shape and got.dtype == np.float32, fmt
+
+
+def test_pixel_budget_is_checked_from_the_header():
+  # Each decodes to 4800 x 4800 from at most 68 kB; refused before a pixel is decoded, so fast.
+  for data in (hostile.jpeg_decoding_to(4800), hostile.webp_decoding_to(4800),
+               hostile.png_decoding_to(4800)):
+    start = time.perf_counter()
+    with pytest.raises(imageio.ImageTooLargeError,
+                       match=r"^x: 4800x4800 is 23,040,000 pixels, more than the 4,000,000") as e:
+      imageio.decode_image(data, "x", max_pixels=4_000_000)
+    assert (e.value.pixels, e.value.limit) == (23_040_000, 4_000_000)
+    assert time.perf_counter() - start < 0.5
+  assert imageio.decode_image(hostile.png(16, 24), "x", max_pixels=16 * 24)[0].shape == (16, 24, 3)
+
+
+def test_metadata_a_format_cannot_hold_is_dropped_and_the_pixels_written():
+  _, metadata = imageio.decode_image(hostile.png_with_big_exif(), "big")
+  assert len(metadata.exif) > 200_000
+  a = _rgb8()
+  with pytest.warns(imageio.MetadataDroppedWarning, match=r"EXIF metadata \(200,\d+ bytes\) "
+                    r"dropped: JPEG cannot hold it"):
+    data = imageio.encode_image(a, "jpg", metadata=metadata)
+  notes = []
+  assert imageio.encode_image(a, "jpg", metadata=metadata, notes=notes) == data
+  assert len(notes) == 1 and notes[0].startswith("EXIF metadata")
+  with Image.open(io.BytesIO(data)) as im:
+    assert im.format == "JPEG" and im.size == (14, 9) and not im.info.get("exif")
+  kept = imageio.encode_image(a, "png", metadata=metadata, notes=notes)  # PNG holds it
+  assert len(notes) == 1 and Image.open(io.BytesIO(kept)).getexif()[0x010F] == "hostile camera"
+
+
+def test_printed_names_cannot_forge_a_line():
+  with pytest.raises(imageio.ImageReadError) as e:
+    imageio.decode_image(hostile.not_an_image(), hostile.FORGING_NAME)
+  assert str(e.value) == "evil\\nerror: fake.png: not an image file (format not recognized)"
+
+
+def test_accepted_formats_are_those_of_the_listed_extensions():
+  # Folders are listed by extension, files decoded by content: the two lists must agree.
+  by_extension = Image.registered_extensions()
+  assert {by_extension[e] for e in imageio.IMAGE_EXTENSIONS} == set(imageio.ACCEPTED_FORMATS)

@@ -4,6 +4,11 @@ Reading gives RGB float32 in [0, 1] whatever the file holds: greyscale is replic
 channels, alpha is dropped, palettes and CMYK are converted, EXIF orientation is applied,
 16-bit greyscale keeps its precision (Pillow decodes 16-bit colour PNGs to 8 bits). Paths may
 be local or URIs (gs://...): files are read and folders listed through `sapnet_jax.fileio`.
+
+Only the documented formats (ACCEPTED_FORMATS) reach a decoder: Pillow can decode dozens more
+(EPS through Ghostscript among them), and each is attack surface nobody asked for. Callers that
+take files from strangers pass `max_pixels`, checked from the header before any pixel is
+decoded and again after decoding.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import dataclasses
 import io
 import os
 import re
+import struct
 import warnings
 from typing import BinaryIO
 
@@ -25,8 +31,30 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
                     ".pnm", ".gif")
 
 
+# Pillow's names of the formats behind IMAGE_EXTENSIONS (PPM covers .pgm and .pnm; JPEG's
+# opener also takes its multi-picture variant, MPO).
+ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
+ACCEPTED_TEXT = "PNG, JPEG, BMP, TIFF, WebP, PNM (PPM/PGM) or GIF"
+
+
 class ImageReadError(ValueError):
   """An input file that is missing, not an image, or cannot be decoded."""
+
+
+class UnsupportedFormatError(ImageReadError):
+  """An image in a format Pillow knows but the package does not accept (a server's 415)."""
+
+
+class ImageTooLargeError(ImageReadError):
+  """An image with more pixels than the caller's budget (a server's 413)."""
+
+  def __init__(self, message: str, pixels: int, limit: int):
+    super().__init__(message)
+    self.pixels, self.limit = pixels, limit
+
+
+class MetadataDroppedWarning(UserWarning):
+  """Metadata the output format cannot hold was left out; the pixels were written."""
 
 
 def is_image_name(path: str) -> bool:
@@ -116,54 +144,104 @@ class Metadata:
   icc_profile: bytes | None = None
 
 
-def _decode(f: BinaryIO, name: str) -> tuple[np.ndarray, Metadata]:
+def _identify(f: BinaryIO) -> str | None:
+  """The format Pillow would read `f` as, from its header only (nothing is decoded); None if
+  no format claims it."""
+  f.seek(0)
   try:
     with warnings.catch_warnings():
-      # A truncated or oversized file must fail loudly, not decode partly.
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      warnings.simplefilter("ignore")
       with Image.open(f) as im:
+        return im.format
+  except Exception:  # noqa: BLE001 - any failure only means "not identified"
+    return None
+
+
+def _check_size(im: Image.Image, name: str, max_pixels: int | None) -> None:
+  count = im.width * im.height
+  if max_pixels is not None and count > max_pixels:
+    raise ImageTooLargeError(
+        f"{name}: {im.width}x{im.height} is {count:,} pixels, more than the {max_pixels:,} "
+        "allowed", count, max_pixels)
+
+
+def _decode(f: BinaryIO, name: str, max_pixels: int | None = None) -> tuple[np.ndarray, Metadata]:
+  name = fileio.printable(name)
+  try:
+    with warnings.catch_warnings():
+      # Pillow warns of each oddity it skips over (corrupt EXIF, tags past the end): noise in a
+      # server's log that any client can cause. A truncated or oversized file must fail
+      # loudly, not decode partly.
+      warnings.simplefilter("ignore", UserWarning)
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(f, formats=ACCEPTED_FORMATS) as im:
+        _check_size(im, name, max_pixels)  # from the header, before decoding
         im.load()
+        _check_size(im, name, max_pixels)  # what was decoded, whatever the header said
         im = ImageOps.exif_transpose(im)  # also sets the orientation tag in im.info to 1
         metadata = Metadata(im.info.get("exif") or None, im.info.get("icc_profile") or None)
         rgb = _to_rgb_float(im)
   except ImageReadError as e:
+    if isinstance(e, ImageTooLargeError):
+      raise
     raise ImageReadError(f"{name}: {e}") from None
   except UnidentifiedImageError:
+    found = _identify(f)
+    if found is not None:
+      raise UnsupportedFormatError(f"{name}: {found} images are not accepted; send "
+                                   f"{ACCEPTED_TEXT}") from None
     raise ImageReadError(f"{name}: not an image file (format not recognized)") from None
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
-          Image.DecompressionBombError) as e:
-    raise ImageReadError(f"{name}: cannot decode image ({e})") from None
+  except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+    # Pillow's own limit, checked when the header is read: the file claims too many pixels.
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    count, limit = int(found.group(1)) if found else 0, Image.MAX_IMAGE_PIXELS or 0
+    if max_pixels is not None:
+      limit = min(limit, max_pixels)
+    raise ImageTooLargeError(f"{name}: {count:,} pixels, more than the {limit:,} allowed",
+                             count, limit) from None
+  except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+    # Pillow's decoders raise many kinds on malformed data (seen by fuzzing); all are the
+    # file's fault.
+    raise ImageReadError(f"{name}: cannot decode image ({_one_line(e)})") from None
   if rgb.shape[0] < 1 or rgb.shape[1] < 1:
     raise ImageReadError(f"{name}: empty image")
   return rgb, metadata
 
 
-def read_image_with_metadata(path: str | os.PathLike) -> tuple[np.ndarray, Metadata]:
+def _one_line(error: BaseException) -> str:
+  return fileio.printable(str(error) or type(error).__name__)
+
+
+def read_image_with_metadata(path: str | os.PathLike, max_pixels: int | None = None
+                             ) -> tuple[np.ndarray, Metadata]:
   """`read_image`, and the file's EXIF and ICC profile."""
   path = os.fspath(path)
   try:
     with fileio.open_read(path) as f:
-      return _decode(f, path)
+      return _decode(f, path, max_pixels)
   except FileNotFoundError:
-    raise ImageReadError(f"{path}: no such file") from None
+    raise ImageReadError(f"{fileio.printable(path)}: no such file") from None
   except IsADirectoryError:
-    raise ImageReadError(f"{path}: is a directory") from None
+    raise ImageReadError(f"{fileio.printable(path)}: is a directory") from None
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
   """Returns the image at `path` as float32 (H, W, 3) in [0, 1], upright per its EXIF tag.
 
-  Raises ImageReadError naming the file if it is missing, not an image, or corrupt.
+  Raises ImageReadError naming the file if it is missing, not an image, or corrupt;
+  UnsupportedFormatError (a subclass) if it is in a format not accepted; ImageTooLargeError
+  (a subclass) if it has more than `max_pixels` pixels. Names in messages are printable.
   """
-  return read_image_with_metadata(path)[0]
+  return read_image_with_metadata(path, max_pixels)[0]
 
 
-def decode_image(data: bytes, name: str = "image") -> tuple[np.ndarray, Metadata]:
+def decode_image(data: bytes, name: str = "image",
+                 max_pixels: int | None = None) -> tuple[np.ndarray, Metadata]:
   """Like `read_image_with_metadata` for bytes held in memory (an upload); errors name `name`.
   What a file holds is decided by decoding it, never by its name or a declared type."""
   if not data:
-    raise ImageReadError(f"{name}: empty file")
-  return _decode(io.BytesIO(data), name)
+    raise ImageReadError(f"{fileio.printable(name)}: empty file")
+  return _decode(io.BytesIO(data), name, max_pixels)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -176,9 +254,14 @@ MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg"}
 
 
 def encode_image(image: np.ndarray, format: str = "png", quality: int = 95,
-                 metadata: Metadata | None = None) -> bytes:
+                 metadata: Metadata | None = None, notes: list[str] | None = None) -> bytes:
   """Float [0, 1] or uint8 RGB as 8-bit PNG or JPEG bytes (`quality` 1..100 for JPEG), with
-  the EXIF and ICC profile of `metadata` when given."""
+  the EXIF and ICC profile of `metadata` when given.
+
+  Metadata the format cannot hold (EXIF over JPEG's 64 kB segment, say) is left out and the
+  pixels are still encoded: one line per dropped block is appended to `notes` when a list is
+  given, else issued as a MetadataDroppedWarning.
+  """
   if format.lower() not in FORMATS:
     raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
   if not 1 <= quality <= 100:
@@ -187,19 +270,36 @@ def encode_image(image: np.ndarray, format: str = "png", quality: int = 95,
     image = to_uint8(image)
   kind = FORMATS[format.lower()]
   options = {"quality": quality} if kind == "JPEG" else {}
+  kept = {}
   if metadata is not None and metadata.exif:
-    options["exif"] = metadata.exif
+    kept["exif"] = metadata.exif
   if metadata is not None and metadata.icc_profile:
-    options["icc_profile"] = metadata.icc_profile
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format=kind, **options)
-  return buffer.getvalue()
+    kept["icc_profile"] = metadata.icc_profile
+  picture = Image.fromarray(image)
+  while True:
+    buffer = io.BytesIO()
+    try:
+      picture.save(buffer, format=kind, **options, **kept)
+      return buffer.getvalue()
+    except (ValueError, OSError, struct.error) as e:
+      if not kept:
+        raise
+      # Drop one block at a time, EXIF first (the larger and the likelier to be refused).
+      key = "exif" if "exif" in kept else "icc_profile"
+      label = {"exif": "EXIF", "icc_profile": "ICC profile"}[key]
+      note = (f"{label} metadata ({len(kept.pop(key)):,} bytes) dropped: {kind} cannot hold it "
+              f"({_one_line(e)})")
+      if notes is not None:
+        notes.append(note)
+      else:
+        warnings.warn(note, MetadataDroppedWarning, stacklevel=2)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, format: str = "png",
-                quality: int = 95, metadata: Metadata | None = None) -> None:
+                quality: int = 95, metadata: Metadata | None = None,
+                notes: list[str] | None = None) -> None:
   """`encode_image` into a file; an existing file is replaced whole."""
-  data = encode_image(image, format, quality, metadata)
+  data = encode_image(image, format, quality, metadata, notes)
   with atomic_write(path) as f:
     f.write(data)
 

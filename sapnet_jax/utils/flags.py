@@ -1,0 +1,90 @@
+"""The command-line flags several commands share, defined once: what each means, its checks.
+
+Defaults that belong to a library (the registered weights, the inference tile) are passed in by
+the command, so this module imports nothing from the package. Every check runs while the
+arguments are parsed, before a command does any work; a bad value ends the command with exit
+status 2 and an error line naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+DTYPES = ("float32", "bfloat16")
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+  """An argparse `type`: an integer in low..high (no upper bound when `high` is None)."""
+  def parse(text: str) -> int:
+    value = int(text)
+    if value < low or (high is not None and value > high):
+      bounds = f">= {low}" if high is None else f"in {low}..{high}"
+      raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+    return value
+  parse.__name__ = "integer"  # argparse names the type in its message
+  return parse
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+  """An argparse `type`: an integer >= `low`."""
+  return int_in(low)
+
+
+def float_above(low: float, inclusive: bool = False) -> Callable[[str], float]:
+  """An argparse `type`: a finite number > `low` (>= with `inclusive`); nan and inf are
+  refused, as no timeout or wait means them."""
+  def parse(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+      raise argparse.ArgumentTypeError(
+          f"must be a finite number {'>=' if inclusive else '>'} {low:g}, got {text}")
+    return value
+  parse.__name__ = "number"
+  return parse
+
+
+def fail(parser: argparse.ArgumentParser, message: str) -> None:
+  """Ends the command with one line, `PROG: error: MESSAGE`, and exit status 2 (argparse's
+  status for a usage error; its usage text would bury the line that matters)."""
+  parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+def add_weights(parser: argparse.ArgumentParser, default: str, help: str) -> None:
+  """--weights NAME|PATH: a registered name or a weights file."""
+  parser.add_argument("--weights", default=default, metavar="NAME|PATH", help=help)
+
+
+def add_tiling(parser: argparse.ArgumentParser, tile: int, overlap: int) -> None:
+  """--tile N (0 = whole images) and --overlap P; check them with `check_tiling`."""
+  parser.add_argument("--tile", type=int_at_least(0), default=tile, metavar="N",
+                      help="tile side in pixels for images larger than N; 0 = never tile "
+                      f"(default: {tile})")
+  parser.add_argument("--overlap", type=int_at_least(0), default=overlap, metavar="P",
+                      help="overlap of neighbouring tiles in pixels, less than N "
+                      f"(default: {overlap})")
+
+
+def check_tiling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """The overlap must be smaller than the tile (when tiling), or no tile would advance."""
+  if args.tile and args.overlap >= args.tile:
+    fail(parser, f"--overlap {args.overlap} must be smaller than --tile {args.tile}: lower "
+         "--overlap, raise --tile, or give --tile 0 for whole images")
+
+
+def add_dtype(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--dtype", choices=DTYPES, default=DTYPES[0],
+                      help=f"computation precision (default: {DTYPES[0]})")
+
+
+def add_compile_cache(parser: argparse.ArgumentParser, default_help: str,
+                      folder: bool = True) -> None:
+  """--compile-cache DIR (with `folder`) or --no-compile-cache: where compiled programs are
+  kept between runs; `default_help` says where they go by default."""
+  group = parser.add_mutually_exclusive_group()
+  if folder:
+    group.add_argument("--compile-cache", metavar="DIR",
+                       help=f"persistent compilation cache folder (default: {default_help})")
+  group.add_argument("--no-compile-cache", action="store_true",
+                     help="compile every image size afresh, writing no cache")
