@@ -10,14 +10,27 @@ Paths may be local or URIs (`gs://bucket/run/checkpoints`): everything goes thro
 sapnet_jax.fileio and Orbax, which write to buckets themselves (tensorstore for arrays).
 Writes are atomic: Orbax commits finished steps only (a rename locally, a commit marker on
 buckets), and the .npz is renamed into place or uploaded as one object.
+
+Integrity: what this module writes carries a SHA-256 of its arrays (`arrays_digest`: the npz
+entry `__digest__`, the Orbax item `digest`), verified at load, so a flipped bit is reported as
+a corrupt file instead of giving a wrong image. Files without one (written before digests, or
+by hand) still load, unverified. A truncated or malformed file raises CheckpointError naming it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
+import math
 import os
-from typing import Any, Callable
+import struct
+import sys
+import tokenize
+import zipfile
+import zlib
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -26,8 +39,15 @@ from flax import nnx
 from sapnet_jax import fileio, metrics, models
 from sapnet_jax.fileio import atomic_write
 
-PARAMS, MODEL_CONFIG = "params", "model_config"
-_CONFIG_KEY = "__model_config__"
+PARAMS, MODEL_CONFIG, DIGEST = "params", "model_config", "digest"
+_CONFIG_KEY, DIGEST_KEY = "__model_config__", "__digest__"
+_DEFLATE_MAX_RATIO = 1032  # the most that deflate can expand a byte stream
+# What zipfile, zlib and NumPy raise on a malformed archive (RuntimeError: an encrypted entry;
+# TokenError: NumPy tokenizes an .npy header before parsing it).
+_MALFORMED_NPZ = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, KeyError,
+                  ValueError, TypeError, OverflowError, struct.error, MemoryError,
+                  NotImplementedError, RuntimeError, OSError, tokenize.TokenError,
+                  SyntaxError)
 
 
 class CheckpointError(ValueError):
@@ -49,22 +69,129 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _host(value: Any) -> np.ndarray:
+  """A leaf as a host array; a replicated array of a multi-process run from its local copy."""
+  if isinstance(value, jax.Array):
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+      value = jax.random.key_data(value)
+    if not value.is_fully_addressable:
+      if not value.is_fully_replicated:
+        raise ValueError("a sharded array has no single host copy to digest")
+      value = value.addressable_data(0)
+  return np.asarray(value)
+
+
+def arrays_digest(arrays: Mapping[str, Any]) -> str:
+  """SHA-256 over the sorted names, dtypes, shapes and bytes of flat `arrays`: what a saved
+  file must give back bit for bit (dtype and shape included, so a reinterpretation differs)."""
+  digest = hashlib.sha256(b"sapnet_jax arrays v1\0")
+  for name in sorted(arrays):
+    a = np.ascontiguousarray(_host(arrays[name]))
+    digest.update(f"{name}\0{a.dtype.name}\0{a.shape}\0".encode())
+    digest.update(a.reshape(-1).view(np.uint8).data)
+  return digest.hexdigest()
+
+
+def tree_digest(tree: Any) -> str:
+  """arrays_digest of a pytree (dicts, optimizer states), its leaves named by their paths."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return arrays_digest({jax.tree_util.keystr(path): leaf for path, leaf in leaves})
+
+
+def _config_digest(config: dict) -> str:
+  return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
 def save_model(model: nnx.Module, path: str | os.PathLike, step: int = 0) -> None:
-  """Writes `model`'s parameters and config to an Orbax directory or a `.npz` file."""
+  """Writes `model`'s parameters and config, with their digest, to an Orbax directory or a
+  `.npz` file."""
   path = os.fspath(path)
   config = models.config_to_dict(model.cfg)
   if path.endswith(".npz"):
     arrays = {k: np.asarray(v) for k, v in flatten(params_dict(model)).items()}
     arrays[_CONFIG_KEY] = np.array(json.dumps(config))
-    with atomic_write(path) as f:
-      np.savez(f, **arrays)
+    write_npz(path, arrays)
     return
   import orbax.checkpoint as ocp  # deferred: Orbax adds ~1 s to start-up of npz-only users
+  params = params_dict(model)
   with ocp.CheckpointManager(fileio.absolute(path)) as mngr:
     mngr.save(step, args=ocp.args.Composite(**{
-        PARAMS: ocp.args.StandardSave(params_dict(model)),
-        MODEL_CONFIG: ocp.args.JsonSave(config)}), force=True)
+        PARAMS: ocp.args.StandardSave(params),
+        MODEL_CONFIG: ocp.args.JsonSave(config),
+        DIGEST: ocp.args.JsonSave({PARAMS: tree_digest(params),
+                                   MODEL_CONFIG: _config_digest(config)})}), force=True)
     mngr.wait_until_finished()
+
+
+def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """Writes flat `arrays` atomically as an uncompressed .npz with their digest."""
+  arrays = dict(arrays)
+  arrays[DIGEST_KEY] = np.array(arrays_digest(arrays))
+  with atomic_write(path) as f:
+    np.savez(f, **arrays)
+
+
+def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: int) -> np.ndarray:
+  """One array, read only after its header's shape is checked against the bytes the entry
+  holds: NumPy allocates what the header declares before reading."""
+  if info.compress_type == zipfile.ZIP_STORED:
+    fits = info.file_size == info.compress_size <= archive_size
+  else:
+    fits = info.compress_size <= archive_size and (
+        info.file_size <= _DEFLATE_MAX_RATIO * info.compress_size + 1024)
+  if not fits:
+    raise ValueError(f"entry {info.filename} declares more bytes than the file can hold")
+  with zf.open(info) as member:
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+      shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version == (2, 0):
+      shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+      raise ValueError(f"entry {info.filename}: unsupported .npy version {version}")
+    if dtype.hasobject:
+      raise ValueError(f"entry {info.filename} holds Python objects, not numbers")
+    data_bytes = info.file_size - member.tell()
+    if math.prod(shape) * dtype.itemsize != data_bytes:
+      raise ValueError(f"entry {info.filename}: shape {shape} of {dtype} does not fit its "
+                       f"{data_bytes} bytes")
+  with zf.open(info) as member:
+    array = np.lib.format.read_array(member, allow_pickle=False)
+    member.read()  # to the entry's end, where zipfile checks its CRC-32
+  return array
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The arrays of a .npz file (a URI too), its digest verified when it has one.
+
+  Raises CheckpointError naming the file when it is truncated, malformed or corrupt, OSError
+  when it cannot be opened. Files without `__digest__` are returned unverified.
+  """
+  path = os.fspath(path)
+  with fileio.open_read(path) as f:
+    try:
+      size = f.seek(0, io.SEEK_END)
+      f.seek(0)
+      with zipfile.ZipFile(f) as zf:
+        arrays = {}
+        for info in zf.infolist():
+          name = info.filename[:-len(".npy")] if info.filename.endswith(".npy") else info.filename
+          arrays[name] = _npz_member(zf, info, size)
+    except _MALFORMED_NPZ as e:
+      raise CheckpointError(f"{path}: not a readable .npz file, truncated or corrupt "
+                            f"({type(e).__name__}: {_one_line(e)})") from None
+  if DIGEST_KEY in arrays:
+    stored = str(arrays.pop(DIGEST_KEY))
+    if stored != arrays_digest(arrays):
+      raise CheckpointError(f"{path}: checksum mismatch: the arrays differ from those written "
+                            "(the file is corrupt or was altered)")
+  return arrays
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+  """An exception's message on one bounded line (tensorstore's span several)."""
+  text = " ".join(str(error).split())
+  return text if len(text) <= limit else text[:limit] + "..."
 
 
 def abstract_model(config: dict, **overrides) -> nnx.Module:
@@ -87,6 +214,8 @@ def fill_params(model: nnx.Module, params: dict, source: str) -> nnx.Module:
   for k, shape in want.items():
     if tuple(np.shape(got[k])) != tuple(shape):
       raise CheckpointError(f"{source}: {k} has shape {np.shape(got[k])}, the model needs {shape}")
+    if not jax.numpy.issubdtype(got[k].dtype, jax.numpy.floating):
+      raise CheckpointError(f"{source}: {k} holds {got[k].dtype}, not floating-point weights")
   nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, unflatten(got)))
   nnx.update(model, state)
   return model
@@ -103,16 +232,25 @@ def unflatten(flat: dict[str, Any]) -> dict:
   return tree
 
 
-def _load_npz(path: str, overrides: dict) -> nnx.Module:
+def _model_of(config: Any, overrides: dict, source: str) -> nnx.Module:
   try:
-    with fileio.open_read(path) as f, np.load(f, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files}
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{path}: not a readable .npz weights file ({e})") from None
+    if not isinstance(config, dict):
+      raise ValueError(f"a {type(config).__name__}, not a dict")
+    return abstract_model(config, **overrides)
+  except (ValueError, TypeError, KeyError) as e:
+    raise CheckpointError(
+        f"{source}: the stored model config is invalid ({_one_line(e)})") from None
+
+
+def _load_npz(path: str, overrides: dict) -> nnx.Module:
+  arrays = read_npz(path)
   if _CONFIG_KEY not in arrays:
     raise CheckpointError(f"{path}: no {_CONFIG_KEY} entry; not a sapnet_jax weights file")
-  config = json.loads(str(arrays.pop(_CONFIG_KEY)))
-  return fill_params(abstract_model(config, **overrides), unflatten(arrays), path)
+  try:
+    config = json.loads(str(arrays.pop(_CONFIG_KEY)))
+  except ValueError as e:
+    raise CheckpointError(f"{path}: the stored model config is not JSON ({e})") from None
+  return fill_params(_model_of(config, overrides, path), unflatten(arrays), path)
 
 
 def saved_steps(path: str) -> list[int]:
@@ -140,26 +278,63 @@ def step_dir(path: str, step: int | None = None) -> str:
   return fileio.join(path, str(step))
 
 
+def _quiet_abandoned_reads() -> None:
+  """When one array of a corrupt checkpoint fails, Orbax abandons the reads of the others as
+  coroutines whose own failures Python prints as "Exception ignored ... Traceback" whenever
+  they are collected, possibly after the one-line error and in another thread. Reports about
+  Orbax's coroutines go to the debug log instead; every other report keeps the hook it had."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_sapnet_quiet_orbax", False):
+    return
+
+  def hook(report) -> None:
+    code = getattr(report.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+      logging.debug("abandoned checkpoint read: %s", report.exc_value)
+    else:
+      previous(report)
+
+  hook._sapnet_quiet_orbax = True
+  sys.unraisablehook = hook
+
+
 def _load_orbax(path: str, overrides: dict) -> nnx.Module:
   import orbax.checkpoint as ocp  # deferred, see save_model
   step = step_dir(fileio.absolute(path))
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  wanted = {MODEL_CONFIG: ocp.args.JsonRestore()}
+  has_digest = fileio.is_dir(fileio.join(step, DIGEST))
+  if has_digest:
+    wanted[DIGEST] = ocp.args.JsonRestore()
   try:
-    config = checkpointer.restore(
-        step, args=ocp.args.Composite(**{MODEL_CONFIG: ocp.args.JsonRestore()}))[MODEL_CONFIG]
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    raise CheckpointError(f"{step}: cannot read '{MODEL_CONFIG}' ({e})") from None
-  model = abstract_model(config, **overrides)
+    stored = checkpointer.restore(step, args=ocp.args.Composite(**wanted))
+  except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many kinds, even bare
+    raise CheckpointError(f"{step}: cannot read '{MODEL_CONFIG}', the checkpoint is truncated "
+                          f"or corrupt ({_one_line(e)})") from None
+  config, digest = stored[MODEL_CONFIG], stored[DIGEST] if has_digest else None
+  if digest is not None and (not isinstance(digest, dict) or not isinstance(config, dict)
+                             or digest.get(MODEL_CONFIG) != _config_digest(config)):
+    raise CheckpointError(f"{step}: checksum mismatch in '{MODEL_CONFIG}' (the checkpoint is "
+                          "corrupt or was altered)")
+  model = _model_of(config, overrides, step)
   # Onto this process's first device, whatever topology saved it (a pod's run, 4 CPU devices):
   # without a sharding Orbax restores only onto the saving topology.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                         params_dict(model))
+  _quiet_abandoned_reads()
   try:
     params = checkpointer.restore(
         step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
   except (ValueError, KeyError) as e:
-    raise CheckpointError(f"{step}: parameters do not fit the stored model config ({e})") from None
+    raise CheckpointError(f"{step}: parameters do not fit the stored model config or are "
+                          f"corrupt ({_one_line(e)})") from None
+  except Exception as e:  # noqa: BLE001 - tensorstore reports a truncated file as a bare Exception
+    raise CheckpointError(f"{step}: cannot read '{PARAMS}', the checkpoint is truncated or "
+                          f"corrupt ({_one_line(e)})") from None
+  if digest is not None and digest.get(PARAMS) != tree_digest(params):
+    raise CheckpointError(f"{step}: checksum mismatch in '{PARAMS}': the arrays differ from "
+                          "those written (the checkpoint is corrupt or was altered)")
   return fill_params(model, params, step)
 
 
@@ -206,11 +381,13 @@ class TrainCheckpoints:
   """Orbax checkpoints of a training run in WORKDIR/checkpoints.
 
   Each step holds the items `params` and `model_config` (so `load_model` reads it like any
-  model checkpoint), `train_state` (step, optimizer state), `config` (the experiment config)
-  and `data` (the input iterator's state, one file per process). Keeps the `keep` latest steps
-  plus the best by `val_metric` (higher or lower is better as sapnet_jax.metrics says for that
-  name); saves are asynchronous where Orbax supports it and only committed steps are ever read
-  back. Every JAX process must make the same calls (Orbax synchronises them).
+  model checkpoint), `train_state` (step, optimizer state), `config` (the experiment config),
+  `data` (the input iterator's state, one file per process) and `digest` (SHA-256 of the
+  params, the train state and the model config, verified by restore_latest and load_model).
+  Keeps the `keep` latest steps plus the best by `val_metric` (higher or lower is better as
+  sapnet_jax.metrics says for that name); saves are asynchronous where Orbax supports it and
+  only committed steps are ever read back. Every JAX process must make the same calls (Orbax
+  synchronises them).
   """
 
   TRAIN_STATE, CONFIG, DATA = "train_state", "config", "data"
@@ -246,12 +423,19 @@ class TrainCheckpoints:
            data_iterator: Any = None, val: float | None = None) -> None:
     """`val`: the step's validation value of `val_metric`, if it was validated."""
     ocp = self._ocp
-    items = {PARAMS: ocp.args.StandardSave(params), self.TRAIN_STATE: ocp.args.StandardSave(train_state),
+    items = {PARAMS: ocp.args.StandardSave(params),
+             self.TRAIN_STATE: ocp.args.StandardSave(train_state),
              MODEL_CONFIG: ocp.args.JsonSave(model_config), self.CONFIG: ocp.args.JsonSave(config)}
     if data_iterator is not None:
       import grain.checkpoint  # deferred: grain only for runs that checkpoint a data iterator
       snapshot = _FrozenIteratorState(data_iterator, data_iterator.get_state())
       items[self.DATA] = grain.checkpoint.CheckpointSave(snapshot)
+    try:  # on the host at the call, like the snapshot: the live arrays move on
+      items[DIGEST] = ocp.args.JsonSave({
+          PARAMS: tree_digest(params), self.TRAIN_STATE: tree_digest(train_state),
+          MODEL_CONFIG: _config_digest(model_config)})
+    except ValueError as e:  # sharded state (no single host copy): saved unverified
+      logging.info("checkpoint step %d is saved without a digest (%s)", step, e)
     scores = None if val is None else {self.val_metric: float(val)}
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=scores, force=True)
 
@@ -261,15 +445,19 @@ class TrainCheckpoints:
                      ) -> tuple[int, dict, Any] | None:
     """Restores the newest readable step into the given structures; None if there is none.
 
-    A step that cannot be read is skipped with a warning (the previous one is tried); a step
-    written for another model config, or whose stored experiment config `check_config` finds
-    incompatible (it returns the differing fields), raises CheckpointError listing them.
+    A step that cannot be read, or whose arrays fail their digest, is skipped with a warning
+    (the previous one is tried); a step written for another model config, or whose stored
+    experiment config `check_config` finds incompatible (it returns the differing fields),
+    raises CheckpointError listing them.
     """
     ocp = self._ocp
     for step in sorted(self.manager.all_steps(), reverse=True):
       wanted = {MODEL_CONFIG: ocp.args.JsonRestore()}
       if check_config is not None:
         wanted[self.CONFIG] = ocp.args.JsonRestore()
+      has_digest = fileio.is_dir(fileio.join(self.directory, str(step), DIGEST))
+      if has_digest:
+        wanted[DIGEST] = ocp.args.JsonRestore()
       try:
         stored_items = self.manager.restore(step, args=ocp.args.Composite(**wanted))
       except Exception as e:  # noqa: BLE001 - any unreadable step falls back to the previous
@@ -283,9 +471,9 @@ class TrainCheckpoints:
       if diff:
         raise CheckpointError(f"{self.directory}: checkpoint step {step} is for another model "
                               "or training config; differing fields: " + "; ".join(diff))
-      items = {PARAMS: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, params)),
-               self.TRAIN_STATE: ocp.args.StandardRestore(
-                   jax.tree.map(ocp.utils.to_shape_dtype_struct, train_state))}
+      shape_of = ocp.utils.to_shape_dtype_struct
+      items = {PARAMS: ocp.args.StandardRestore(jax.tree.map(shape_of, params)),
+               self.TRAIN_STATE: ocp.args.StandardRestore(jax.tree.map(shape_of, train_state))}
       if data_iterator is not None:
         import grain.checkpoint  # deferred, see save
         items[self.DATA] = grain.checkpoint.CheckpointRestore(_FrozenIteratorState(data_iterator))
@@ -294,6 +482,14 @@ class TrainCheckpoints:
       except Exception as e:  # noqa: BLE001
         logging.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
                         step, self.directory, e)
+        continue
+      digest = stored_items[DIGEST] if has_digest else None
+      if digest is not None and (
+          not isinstance(digest, dict) or digest.get(MODEL_CONFIG) != _config_digest(stored)
+          or digest.get(PARAMS) != tree_digest(restored[PARAMS])
+          or digest.get(self.TRAIN_STATE) != tree_digest(restored[self.TRAIN_STATE])):
+        logging.warning("checkpoint step %d in %s fails its checksum (corrupt); trying the "
+                        "previous one", step, self.directory)
         continue
       return step, restored[PARAMS], restored[self.TRAIN_STATE]
     return None

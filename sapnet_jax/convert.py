@@ -28,8 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import checkpoint, download, fileio, models
-from sapnet_jax.fileio import atomic_write
+from sapnet_jax import checkpoint, download, models
 from sapnet_jax.models import pdu, vgg
 from sapnet_jax.pth import PthError, load_safetensors, load_state_dict
 
@@ -192,13 +191,11 @@ def fetch_backbone(name: str) -> str:
 def read_weights(path: str) -> dict[str, np.ndarray]:
   """Reads .npz (flat), .safetensors, or PyTorch .pth/.pt/.bin files into {key: array}."""
   path = str(path)
-  if path.endswith(".npz"):
+  if path.endswith(".npz"):  # checked against its digest when it has one (convert writes it)
     try:
-      # np.load takes a file object, so a URI is read like a local file.
-      with fileio.open_read(path) as f, np.load(f, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-      raise ConversionError(f"{path}: not a readable .npz file ({e})") from None
+      return checkpoint.read_npz(path)
+    except checkpoint.CheckpointError as e:
+      raise ConversionError(str(e)) from None
   if path.endswith(".safetensors"):
     return load_safetensors(path)
   return load_state_dict(path)
@@ -338,7 +335,8 @@ def load_backbone(path: str, kind: str) -> dict[str, np.ndarray]:
       return {k: np.asarray(v) for k, v in sd.items()}
     return _CONVERTERS[kind](sd)
   except (ConversionError, PthError) as e:
-    raise ConversionError(f"{path}: {e}") from None
+    message = str(e)  # the readers' messages start with the path already
+    raise ConversionError(message if message.startswith(f"{path}: ") else f"{path}: {e}") from None
   except OSError as e:
     raise ConversionError(f"{path}: cannot read ({e})") from None
 
@@ -371,8 +369,7 @@ def fill_module(module: nnx.Module, flat: Mapping[str, np.ndarray], source: str,
 def _save_flat(arrays: dict[str, np.ndarray], out: str) -> None:
   if not out.endswith(".npz"):
     raise ConversionError(f"--out {out}: backbone weights are written as a FILE.npz")
-  with atomic_write(out) as f:
-    np.savez(f, **arrays)
+  checkpoint.write_npz(out, arrays)  # with the digest that read_weights verifies
 
 
 def main(argv: list[str] | None = None) -> int:

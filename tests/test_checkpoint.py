@@ -44,6 +44,10 @@ def test_npz_with_wrong_parameters_is_refused(tmp_path, model):
   checkpoint.save_model(model, tmp_path / "w.npz")
   data = dict(np.load(tmp_path / "w.npz"))
   data["conv0/kernel"] = data["conv0/kernel"][:, :, :3]
+  np.savez(tmp_path / "altered.npz", **data)  # still carrying the digest of the saved arrays
+  with pytest.raises(checkpoint.CheckpointError, match=r"altered\.npz: checksum mismatch"):
+    checkpoint.load_model(tmp_path / "altered.npz")
+  del data[checkpoint.DIGEST_KEY]  # a hand-made file: loaded unverified, its shapes checked
   np.savez(tmp_path / "bad_shape.npz", **data)
   with pytest.raises(checkpoint.CheckpointError, match=r"bad_shape\.npz: conv0/kernel has shape"):
     checkpoint.load_model(tmp_path / "bad_shape.npz")
