@@ -45,6 +45,15 @@ def enable(directory: str | None = None) -> str:
   return directory
 
 
+def freeze() -> None:
+  """Keeps the cache readable but writes nothing more to it: the server calls it after its
+  warm-up, so the folder holds only the programs the operator chose to warm, never one a
+  client's request compiled. (JAX writes an entry only if it took at least
+  jax_persistent_cache_min_compile_time_secs to compile, and reads them regardless.)"""
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+  logging.info("XLA compilation cache: read only from now on")
+
+
 def disable() -> None:
   """Turns the persistent cache off for this process, even where $JAX_COMPILATION_CACHE_DIR
   would turn it on (JAX reads that variable itself)."""

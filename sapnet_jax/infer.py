@@ -9,6 +9,10 @@ attention pools over each tile instead of the whole image, so its tiles differ s
 whole-image inference: 50 dB PSNR between the two on Rain100H with 256-pixel tiles, and the
 same PSNR against the ground truth (docs/fidelity.md). The defaults (512 / 64) are the
 fastest per pixel on a 2-core CPU and keep a 4000x3000 photo under 1 GB of peak RSS.
+
+For the server: `Tiling` lets a caller run the tiles itself (it interleaves requests between
+tiles), and `pad_to_bucket` mirrors an image up to one of a few sizes, so that sizes a client
+chooses compile a bounded set of programs (docs/serve.md, Limits). The library pads nothing.
 """
 
 from __future__ import annotations
@@ -95,25 +99,76 @@ class Derainer:
       out = np.asarray(self.batch(image[None]))[0]
       report(1, 1)
       return out
+    tiling = Tiling(image, tile, overlap)
+    report(0, len(tiling))
+    for i in range(len(tiling)):
+      tiling.add(i, np.asarray(self.batch(tiling.window(i)))[0])
+      report(i + 1, len(tiling))
+    return tiling.result()
+
+
+class Tiling:
+  """The tiles of one (H, W, 3) image and their blend, for a caller that runs them itself (the
+  server interleaves tiles of different requests): `tiling.window(i)` is tile i as a batch of
+  one; hand its output to `tiling.add(i, out)`, then take `tiling.result()`."""
+
+  def __init__(self, image: np.ndarray, tile: int, overlap: int):
     if tile < 1 or not 0 <= overlap < tile:
       raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, "
                        f"overlap={overlap}")
-    th, tw = min(tile, h), min(tile, w)
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
-    total = len(ys) * len(xs)
-    report(0, total)
-    acc = np.zeros((h, w, 3), np.float32)
-    weight = np.zeros((h, w, 1), np.float32)
-    for i, y in enumerate(ys):
-      wy = blend_ramp(y, th, h, overlap)
-      for j, x in enumerate(xs):
-        wx = blend_ramp(x, tw, w, overlap)
-        out = np.asarray(self.batch(image[None, y:y + th, x:x + tw]))[0]
-        wt = (wy[:, None] * wx[None, :])[..., None]
-        acc[y:y + th, x:x + tw] += out * wt
-        weight[y:y + th, x:x + tw] += wt
-        report(i * len(xs) + j + 1, total)
-    return acc / weight
+    self.image, self.overlap = image, overlap
+    h, w, _ = image.shape
+    self.th, self.tw = min(tile, h), min(tile, w)
+    self.starts = [(y, x) for y in tile_starts(h, self.th, overlap)
+                   for x in tile_starts(w, self.tw, overlap)]
+    self._acc = np.zeros((h, w, 3), np.float32)
+    self._weight = np.zeros((h, w, 1), np.float32)
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def window(self, i: int) -> np.ndarray:
+    y, x = self.starts[i]
+    return self.image[None, y:y + self.th, x:x + self.tw]
+
+  def add(self, i: int, out: np.ndarray) -> None:
+    y, x = self.starts[i]
+    h, w, _ = self.image.shape
+    wy, wx = blend_ramp(y, self.th, h, self.overlap), blend_ramp(x, self.tw, w, self.overlap)
+    wt = (wy[:, None] * wx[None, :])[..., None]
+    self._acc[y:y + self.th, x:x + self.tw] += out * wt
+    self._weight[y:y + self.th, x:x + self.tw] += wt
+
+  def result(self) -> np.ndarray:
+    return self._acc / self._weight
+
+
+def bucket_sides(tile: int | None) -> list[int]:
+  """The sides an image is padded up to before a server de-rains it (`pad_to_bucket`), so
+  that clients choosing sizes compile at most len(sides)**2 programs per batch size: fractions
+  of the tile (a step of at most 1.5x, so padding at most doubles an image's pixels), or with
+  no tile, 64 * 2**k and 96 * 2**k."""
+  if tile is not None:
+    return sorted({max(1, -(-tile * k // 8)) for k in (1, 2, 3, 4, 6, 8)})
+  return sorted({base << k for base in (64, 96) for k in range(20)})
+
+
+def bucket_side(n: int, tile: int | None) -> int:
+  """The padded length of a side of `n` pixels: `n` itself when it is cut into tiles."""
+  if tile is not None and n > tile:
+    return n
+  return next(side for side in bucket_sides(tile) if side >= n)
+
+
+def pad_to_bucket(image: np.ndarray, tile: int | None) -> np.ndarray:
+  """(H, W, 3) -> (bucket_side(H), bucket_side(W), 3), mirrored at the bottom and right edges
+  (a mirror keeps SAPNet's attention statistics close to the image's own: docs/fidelity.md);
+  crop the result with [:H, :W]."""
+  h, w, _ = image.shape
+  pad = ((0, bucket_side(h, tile) - h), (0, bucket_side(w, tile) - w), (0, 0))
+  if pad[0][1] == pad[1][1] == 0:
+    return image
+  return np.pad(image, pad, mode="reflect" if min(h, w) > 1 else "edge")
 
 
 def _forward(graphdef, state, images):

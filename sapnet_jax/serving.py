@@ -7,13 +7,17 @@ de-rained image (PNG, or JPEG with ?format=jpg), keeping the upload's EXIF and I
 What an upload holds is decided by decoding it, never by its name or declared type. Bad input
 is answered with a 4xx and JSON `{"error": "<reason>"}`; nothing a client sends can cause a
 500 or show a stack trace. The body is read in chunks and refused (413) as soon as it passes
-`max_bytes`, so an oversized upload is never held in memory; images over `max_pixels` are
-refused from their header, before they are decoded. Same-size images arriving together are
-de-rained in one batch (serving_batch).
+`max_bytes`, so an oversized upload is never held in memory, and with 408 if it has not all
+come `body_timeout_s` after the headers (uvicorn has no such timeout; `serve` adds one for the
+headers themselves); images over `max_pixels` are refused from their header, before they are
+decoded, and again once decoded. Same-size images arriving together are de-rained in one batch
+(serving_batch), which also bounds what the device does for clients: compiled programs, the
+queue (503 above `max_queue`), a deadline (503), and work for a client that disconnected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import io
@@ -38,7 +42,9 @@ from starlette.staticfiles import StaticFiles
 
 from sapnet_jax import infer, models
 from sapnet_jax.data import imageio
-from sapnet_jax.serving_batch import Batcher
+from sapnet_jax.serving_access import Access, AccessGuard
+from sapnet_jax.serving_batch import (Batcher, ClientGone, Closed, DeadlineExceeded, QueueFull,
+                                     watched)
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 # The page loads only its own files and the images it makes (blob: URLs); nothing from a CDN.
@@ -46,17 +52,24 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'
                "script-src 'self'; connect-src 'self' blob:; object-src 'none'; "
                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 QUERY_FIELDS = ("format", "quality")
+RETRY_AFTER_S = 10  # told to a client refused for being busy (503)
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """What one request may ask of the server, and how requests are batched."""
   max_bytes: int = 25 * 2**20  # request body, multipart framing included
-  max_pixels: int = 24_000_000  # decoded image (a 6000x4000 photo); bigger ones get 413
+  # Decoded image; bigger ones get 413. SAPNet took 14 to 32 s per megapixel on 2 busy CPU
+  # cores (docs/serve.md, Limits): 4 MP (2448x1632) is one to two minutes there.
+  max_pixels: int = 4_000_000
   tile: int | None = infer.DEFAULT_TILE  # images with a side over this are de-rained in tiles
   overlap: int = infer.DEFAULT_OVERLAP
   max_batch: int = 4
   batch_wait_ms: float = 5.0
+  body_timeout_s: float = 60.0  # the whole body, from its headers (25 MiB at 3.5 Mbit/s)
+  max_queue: int = 8  # requests waiting for or on the device; above: 503 with Retry-After
+  deadline_s: float = 300.0  # a request not de-rained this long after decoding: dropped, 503
+  buckets: bool = True  # pad to bucket sizes: clients cannot make the server compile per size
 
   def __post_init__(self):
     # Names are the command's flags: these errors reach its user as they are.
@@ -76,14 +89,20 @@ class Limits:
       raise ValueError(f"--max-batch must be >= 1, got {self.max_batch}")
     if not 0 <= self.batch_wait_ms <= 10_000:
       raise ValueError(f"--batch-wait-ms must be in 0..10000, got {self.batch_wait_ms}")
+    if not 0 < self.body_timeout_s <= 3600:
+      raise ValueError(f"--body-timeout must be in (0, 3600], got {self.body_timeout_s}")
+    if self.max_queue < 1:
+      raise ValueError(f"--max-queue must be >= 1, got {self.max_queue}")
+    if not 0 < self.deadline_s <= 86_400:
+      raise ValueError(f"--deadline must be in (0, 86400], got {self.deadline_s}")
 
 
 class ApiError(Exception):
   """A request the server refuses: answered as JSON {"error": message} with `status`."""
 
-  def __init__(self, status: int, message: str):
+  def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
     super().__init__(message)
-    self.status, self.message = status, message
+    self.status, self.message, self.headers = status, message, headers
 
 
 def model_info(model: nnx.Module, name: str, description: str | None) -> dict:
@@ -93,12 +112,15 @@ def model_info(model: nnx.Module, name: str, description: str | None) -> dict:
 
 
 def create_app(model: nnx.Module, name: str, *, description: str | None = None,
-               limits: Limits = Limits(), derainer: infer.Derainer | None = None) -> Starlette:
+               limits: Limits = Limits(), derainer: infer.Derainer | None = None,
+               access: Access | None = None) -> Starlette:
   """The app serving `model` (shown to clients as `name`, with `description`). `derainer`
-  may be given to share one already compiled."""
+  may be given to share one already compiled. `access` (the Host allow-list, the same-origin
+  rule and the token; serving_access) is what `serve` always passes; without it the app
+  checks none of them, for embedding behind one's own guard."""
   derainer = derainer or infer.Derainer(model)
   batcher = Batcher(derainer, limits.max_batch, limits.batch_wait_ms / 1000.0, limits.tile,
-                    limits.overlap)
+                    limits.overlap, buckets=limits.buckets, max_queue=limits.max_queue)
   info = model_info(model, name, description)
   public_limits = dataclasses.asdict(limits)
 
@@ -116,19 +138,27 @@ def create_app(model: nnx.Module, name: str, *, description: str | None = None,
   async def derain(request: Request) -> Response:
     started = time.perf_counter()
     fmt, quality = output_format(request)
-    data, upload_name = await read_upload(request, limits.max_bytes)
+    data, upload_name = await read_upload(request, limits.max_bytes, limits.body_timeout_s)
     t_read = time.perf_counter()
     image, metadata = await run_in_threadpool(decode_upload, data, upload_name,
                                               limits.max_pixels)
     t_decode = time.perf_counter()
     try:
-      result = await batcher.derain(image)
+      result = await watched(batcher.derain(image), limits.deadline_s,
+                             client_gone(request.receive))
+    except (QueueFull, DeadlineExceeded, Closed) as e:  # busy: the client may come back
+      raise ApiError(503, f"{upload_name}: {e}; retry later",
+                     {"Retry-After": str(RETRY_AFTER_S)}) from None
+    except ClientGone:  # nobody reads this answer; a 4xx keeps the logs' 5xx for real faults
+      raise ApiError(400, f"{upload_name}: the client disconnected") from None
     except Exception:  # noqa: BLE001 - the device failed, not the client: log it, say little
       logging.exception("de-raining %s (%dx%d) failed", upload_name, image.shape[1],
                         image.shape[0])
       raise ApiError(500, f"{upload_name}: de-raining failed on the server") from None
     t_derain = time.perf_counter()
-    body = await run_in_threadpool(imageio.encode_image, result.image, fmt, quality, metadata)
+    dropped: list[str] = []  # metadata the output format cannot hold (EXIF over 64 kB in JPEG)
+    body = await run_in_threadpool(imageio.encode_image, result.image, fmt, quality, metadata,
+                                   dropped)
     t_encode = time.perf_counter()
     ext = "png" if fmt == "png" else "jpg"
     stem = "image" if upload_name == "upload" else os.path.splitext(upload_name)[0]
@@ -144,6 +174,8 @@ def create_app(model: nnx.Module, name: str, *, description: str | None = None,
                           f"encode;dur={ms(t_derain, t_encode)}, "
                           f"total;dur={ms(started, t_encode)}"),
     }
+    if dropped:  # the pixels are what was asked for: say what is missing rather than refuse
+      headers["X-Metadata-Dropped"] = header_text("; ".join(dropped))
     return Response(body, media_type=imageio.MEDIA_TYPES[imageio.FORMATS[fmt]], headers=headers)
 
   @contextlib.asynccontextmanager
@@ -160,6 +192,8 @@ def create_app(model: nnx.Module, name: str, *, description: str | None = None,
       exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
       lifespan=lifespan)
   app.state.batcher = batcher
+  if access is not None:
+    app.add_middleware(AccessGuard, access=access)
   return app
 
 
@@ -186,11 +220,23 @@ def output_format(request: Request) -> tuple[str, int]:
   return ("png" if fmt == "png" else "jpg"), q
 
 
-async def limited_stream(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
-  """The request body in chunks, stopping with 413 as soon as it passes `max_bytes`."""
+async def limited_stream(request: Request, max_bytes: int,
+                         timeout_s: float = Limits.body_timeout_s) -> AsyncIterator[bytes]:
+  """The request body in chunks, stopping with 413 as soon as it passes `max_bytes`, and with
+  408 if it has not all come `timeout_s` after the first chunk was asked for: uvicorn has no
+  body timeout, so a client trickling a body would hold its request and connection forever."""
   total = 0
+  deadline = asyncio.get_running_loop().time() + timeout_s
+  stream = request.stream().__aiter__()
   try:
-    async for chunk in request.stream():
+    while True:
+      try:
+        async with asyncio.timeout_at(deadline):
+          chunk = await anext(stream)
+      except StopAsyncIteration:
+        return
+      except TimeoutError:
+        raise ApiError(408, f"upload: the body did not arrive within {timeout_s:g} s") from None
       total += len(chunk)
       if total > max_bytes:
         raise ApiError(413, f"upload: request body over the limit of {max_bytes} bytes")
@@ -199,21 +245,23 @@ async def limited_stream(request: Request, max_bytes: int) -> AsyncIterator[byte
     raise ApiError(400, "upload: the client disconnected before sending the whole body") from None
 
 
-async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
-  """(the image's bytes, a name for errors): the raw body, or the multipart field `image`."""
+async def read_upload(request: Request, max_bytes: int,
+                      timeout_s: float = Limits.body_timeout_s) -> tuple[bytes, str]:
+  """(the image's bytes, a name for errors): the raw body, or the multipart field `image`,
+  which must all come within `timeout_s`."""
   length = request.headers.get("content-length")
   if length is not None and length.isdigit() and int(length) > max_bytes:
     raise ApiError(413, f"upload: Content-Length {length} is over the limit of {max_bytes} bytes")
   content_type = request.headers.get("content-type", "")
   if content_type.split(";")[0].strip().lower() != "multipart/form-data":
-    chunks = [chunk async for chunk in limited_stream(request, max_bytes)]
+    chunks = [chunk async for chunk in limited_stream(request, max_bytes, timeout_s)]
     data = b"".join(chunks)
     if not data:
       raise ApiError(400, "upload: empty request body (send the image as the body or as the "
                      "multipart field 'image')")
     return data, "upload"
-  parser = MultiPartParser(request.headers, limited_stream(request, max_bytes), max_files=1,
-                           max_fields=16, max_part_size=64 * 1024)
+  parser = MultiPartParser(request.headers, limited_stream(request, max_bytes, timeout_s),
+                           max_files=1, max_fields=16, max_part_size=64 * 1024)
   try:
     form = await parser.parse()
   except MultiPartException as e:
@@ -236,11 +284,13 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
 
 
 def decode_upload(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, imageio.Metadata]:
-  """Decodes an upload, refusing (413) one over `max_pixels` from its header alone."""
+  """Decodes an upload, refusing (413) one over `max_pixels` from its header, before decoding,
+  and from the decoded array."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-      with Image.open(io.BytesIO(data)) as im:
+      # Only the accepted formats' header parsers see a client's bytes (others: 415 below).
+      with Image.open(io.BytesIO(data), formats=imageio.ACCEPTED_FORMATS) as im:
         width, height = im.size
   except Image.DecompressionBombError as e:  # too big for Pillow even to open
     raise ApiError(413, f"{name}: over the limit of {max_pixels} pixels ({e})") from None
@@ -250,13 +300,35 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, 
     raise ApiError(413, f"{name}: {width}x{height} is {width * height} pixels, over the limit "
                    f"of {max_pixels}")
   try:
-    return imageio.decode_image(data, name)
+    image, metadata = imageio.decode_image(data, name)
+  except imageio.UnsupportedFormatError as e:  # an image, in a format the API does not take
+    raise ApiError(415, str(e)) from None
   except imageio.ImageReadError as e:
     raise ApiError(400, str(e)) from None
+  # Again on what was decoded: a header that could not be read, or a decoder that makes more
+  # than its header said, must not carry an image past the budget to the device.
+  h, w = image.shape[:2]
+  if h * w > max_pixels:
+    raise ApiError(413, f"{name}: decoded to {w}x{h}, {w * h} pixels, over the limit of "
+                   f"{max_pixels}")
+  return image, metadata
+
+
+async def client_gone(receive) -> None:
+  """Returns when the client disconnects. Called once the body is read, so every message
+  left is the disconnect (uvicorn sends it when the socket closes, a test client after the
+  answer)."""
+  while (await receive())["type"] != "http.disconnect":
+    pass
 
 
 def ms(start: float, end: float) -> str:
   return f"{(end - start) * 1000:.1f}"
+
+
+def header_text(text: str) -> str:
+  """`text` fit for a header value: printable ASCII, at most 500 characters."""
+  return "".join(c if c.isascii() and c.isprintable() else "?" for c in text)[:500]
 
 
 def safe_filename(stem: str) -> str:
@@ -269,7 +341,7 @@ def safe_filename(stem: str) -> str:
 async def api_error(request: Request, exc: Exception) -> Response:
   assert isinstance(exc, ApiError)
   # A refused body may be only partly read: the connection is closed after the answer.
-  return JSONResponse({"error": exc.message}, status_code=exc.status)
+  return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

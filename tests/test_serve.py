@@ -367,13 +367,13 @@ def test_live_server_refuses_oversized_bodies_early(live_server):
 
 @pytest.mark.parametrize("flags, message", [
     (["--max-batch", "0"], "--max-batch must be >= 1"),
-    (["--port", "0"], "--port must be in 1..65535"),
-    (["--tile", "-1"], "--tile must be >= 0"),
-    (["--tile", "64", "--overlap", "64"], "0 <= overlap < tile"),
+    (["--port", "0"], "--port: must be in 1..65535"),
+    (["--tile", "-1"], "--tile: must be >= 0"),
+    (["--tile", "64", "--overlap", "64"], "--overlap 64 must be smaller than --tile 64"),
     (["--max-pixels", "0"], "--max-pixels must be >= 1"),
     (["--max-bytes", "-5"], "--max-bytes must be >= 1"),
     (["--batch-wait-ms", "-1"], "--batch-wait-ms must be in 0..10000"),
-    (["--port", "http"], "invalid int value"),
+    (["--port", "http"], "invalid integer value"),
 ])
 def test_cli_refuses_bad_flags_before_serving(flags, message, capsys):
   with pytest.raises(SystemExit) as exit_:

@@ -3,15 +3,12 @@ as a subprocess on a free 127.0.0.1 port, driven through Debian's headless chrom
 selenium. A rainy photo and a text file named .png are uploaded together through the file
 input; the photo's result read back from the page must equal what the API returns for the
 same upload, the text file must show its error, and the before/after slider must move the
-split. A screenshot is kept in $SAPNET_TEST_ARTIFACTS (else <repo>/test-artifacts/)."""
+split. A server started with a token makes the page ask for it before anything is uploaded.
+Screenshots are kept in $SAPNET_TEST_ARTIFACTS (else <repo>/test-artifacts/)."""
 
 import base64
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
+from live_servers import serve_command, tiny_model
+from sapnet_jax import checkpoint
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -32,41 +31,22 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("SAPNET_TEST_ARTIFACTS") or REPO / "test-artifacts")
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+TOKEN = "browser-test-token-0123456789"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-  port = free_port()
-  log = tmp_path_factory.mktemp("serve") / "serve.log"
-  with open(log, "wb") as out:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sapnet_jax.serve", "--weights", "sapnet-rain100h", "--port",
-         str(port), "--no-compile-cache"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-  url = f"http://127.0.0.1:{port}"
-  try:
-    deadline = time.monotonic() + 60
-    while True:
-      assert process.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
-      assert time.monotonic() < deadline, f"the server did not start: {log.read_text()[-2000:]}"
-      try:
-        if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-          break
-      except httpx.TransportError:
-        time.sleep(0.2)
+def server():
+  with serve_command(["--weights", "sapnet-rain100h"]) as (url, _):
     yield url
-  finally:
-    process.terminate()
-    try:
-      process.wait(15)
-    except subprocess.TimeoutExpired:
-      process.kill()
-      process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server_with_token(tmp_path_factory):
+  # A tiny random network: this test is about the token, not the pictures.
+  weights = tmp_path_factory.mktemp("weights") / "tiny.npz"
+  checkpoint.save_model(tiny_model(), weights)
+  with serve_command(["--weights", str(weights)], {"SAPNET_SERVE_TOKEN": TOKEN}) as (url, _):
+    yield url
 
 
 @pytest.fixture
@@ -112,6 +92,7 @@ def test_upload_compare_and_download(server, browser, tmp_path):
   browser.get(server)
   WebDriverWait(browser, 10).until(
       lambda d: d.find_element(By.ID, "model").text.startswith("Model: sapnet-rain100h"))
+  assert not browser.find_element(By.ID, "token-form").is_displayed()  # no token asked for
   browser.find_element(By.ID, "files").send_keys(f"{photo}\n{bad}")
   cards = WebDriverWait(browser, 60).until(lambda d: [
       c for c in d.find_elements(By.CSS_SELECTOR, "#results .card")
@@ -158,3 +139,41 @@ def test_upload_compare_and_download(server, browser, tmp_path):
   ARTIFACTS.mkdir(parents=True, exist_ok=True)
   browser.execute_script("window.scrollTo(0, 0)")
   assert browser.save_screenshot(str(ARTIFACTS / "serve_page.png"))
+
+
+def test_page_asks_for_the_token_then_derains(server_with_token, browser, tmp_path):
+  photo = tmp_path / "small.jpg"
+  Image.open(REPO / "examples" / "rain-064.jpg").convert("RGB").resize((96, 64)).save(photo)
+  browser.get(server_with_token)
+  form = browser.find_element(By.ID, "token-form")
+  WebDriverWait(browser, 10).until(lambda d: form.is_displayed())
+  assert not browser.find_element(By.ID, "drop").is_displayed()  # nothing to upload yet
+  assert "requires an access token" in browser.find_element(By.ID, "model").text
+  ARTIFACTS.mkdir(parents=True, exist_ok=True)
+  assert browser.save_screenshot(str(ARTIFACTS / "serve_page_token.png"))
+
+  field = browser.find_element(By.ID, "token")
+  field.send_keys("not-the-token-at-all")
+  field.send_keys(Keys.ENTER)
+  error = browser.find_element(By.ID, "token-error")
+  WebDriverWait(browser, 10).until(lambda d: error.is_displayed())
+  assert error.text == "That token was not accepted."
+  field.send_keys(TOKEN)
+  browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+  WebDriverWait(browser, 10).until(
+      lambda d: d.find_element(By.ID, "model").text.startswith("Model: tiny.npz"))
+  assert not form.is_displayed() and browser.find_element(By.ID, "drop").is_displayed()
+
+  browser.find_element(By.ID, "files").send_keys(str(photo))
+  card = WebDriverWait(browser, 60).until(lambda d: [
+      c for c in d.find_elements(By.CSS_SELECTOR, "#results .card")
+      if c.get_attribute("data-state") in ("done", "error")])[0]
+  assert card.get_attribute("data-state") == "done", card.text
+  assert browser.execute_script(
+      "return arguments[0].naturalWidth", card.find_element(By.CLASS_NAME, "after")) == 96
+  # Kept for this tab: a reload does not ask again; the token is in no URL and no cookie.
+  browser.refresh()
+  WebDriverWait(browser, 10).until(
+      lambda d: d.find_element(By.ID, "model").text.startswith("Model: tiny.npz"))
+  assert not browser.find_element(By.ID, "token-form").is_displayed()
+  assert TOKEN not in browser.current_url and not browser.get_cookies()

@@ -4,8 +4,26 @@
 "use strict";
 
 const PARALLEL = 3;  // uploads in flight; the server batches same-size ones
+// A server started with a token wants it on every API call. It is asked for once and kept for
+// this tab only (sessionStorage), never in the page's address or in a cookie another site's
+// request would carry.
+const TOKEN_KEY = "sapnet-serve-token";
 const queue = [];
 let running = 0;
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askForToken(reason) {
+  document.getElementById("drop").hidden = true;
+  document.getElementById("token-form").hidden = false;
+  const error = document.getElementById("token-error");
+  error.textContent = reason || "";
+  error.hidden = !reason;
+  document.getElementById("token").focus();
+}
 
 function stemOf(name) {
   const dot = name.lastIndexOf(".");
@@ -82,6 +100,7 @@ function upload(file, card) {
     const xhr = new XMLHttpRequest();
     const progress = card.querySelector(".upload");
     xhr.open("POST", "/v1/derain");
+    for (const [key, value] of Object.entries(authHeaders())) xhr.setRequestHeader(key, value);
     xhr.responseType = "blob";
     xhr.upload.addEventListener("progress", (e) => {
       if (e.lengthComputable) progress.value = Math.round((100 * e.loaded) / e.total);
@@ -94,6 +113,7 @@ function upload(file, card) {
     xhr.addEventListener("load", async () => {
       if (xhr.status === 200) showResult(card, file, xhr.response, xhr);
       else fail(card, await errorReason(xhr));
+      if (xhr.status === 401) askForToken("The server did not accept the token: enter it again.");
       resolve();
     });
     xhr.addEventListener("error", () => { fail(card, "Network error: the server did not answer"); resolve(); });
@@ -121,7 +141,17 @@ function addFiles(files) {
 async function showModel() {
   const line = document.getElementById("model");
   try {
-    const info = await (await fetch("/v1/models")).json();
+    const response = await fetch("/v1/models", { headers: authHeaders() });
+    if (response.status === 401) {
+      const had = sessionStorage.getItem(TOKEN_KEY);
+      sessionStorage.removeItem(TOKEN_KEY);
+      line.textContent = "This server requires an access token.";
+      askForToken(had ? "That token was not accepted." : "");
+      return;
+    }
+    const info = await response.json();
+    document.getElementById("token-form").hidden = true;
+    document.getElementById("drop").hidden = false;
     const model = info.models[0];
     line.textContent = `Model: ${model.name}${model.description ? ` (${model.description})` : ""}`;
     document.getElementById("limits").textContent =
@@ -142,5 +172,11 @@ document.addEventListener("DOMContentLoaded", () => {
     drop.addEventListener(kind, () => drop.classList.remove("over"));
   }
   drop.addEventListener("drop", (e) => { e.preventDefault(); addFiles(e.dataTransfer.files); });
+  document.getElementById("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();  // no navigation: the token goes in a header, never in a URL
+    sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+    document.getElementById("token").value = "";
+    showModel();
+  });
   showModel();
 });
