@@ -33,6 +33,7 @@ setup(
         # serve: the de-raining web app and HTTP API
         "starlette>=0.47",
         "uvicorn>=0.30",
+        "h11",  # serve subclasses uvicorn's h11 protocol (a head deadline); uvicorn depends on it too
         "python-multipart>=0.0.20",
     ],
     extras_require={
