@@ -28,6 +28,7 @@ import os
 import struct
 import sys
 import tokenize
+import traceback
 import zipfile
 import zlib
 from typing import Any, Callable, Mapping
@@ -279,23 +280,46 @@ def step_dir(path: str, step: int | None = None) -> str:
 
 
 def _quiet_abandoned_reads() -> None:
-  """When one array of a corrupt checkpoint fails, Orbax abandons the reads of the others as
+  """When one array of a corrupt checkpoint fails, Orbax abandons the reads of the others: as
   coroutines whose own failures Python prints as "Exception ignored ... Traceback" whenever
-  they are collected, possibly after the one-line error and in another thread. Reports about
-  Orbax's coroutines go to the debug log instead; every other report keeps the hook it had."""
+  they are collected, as tensorstore reads that finish after its event loop closed
+  (`_late_read`), and as futures whose exception nobody retrieved (asyncio's log), possibly
+  after the one-line error and in other threads. Those reports go to
+  the debug log instead; every other report keeps the hook it had."""
   previous = sys.unraisablehook
   if getattr(previous, "_sapnet_quiet_orbax", False):
     return
 
   def hook(report) -> None:
     code = getattr(report.object, "cr_code", None)
-    if code is not None and "orbax" in code.co_filename:
+    if (code is not None and "orbax" in code.co_filename) or _late_read(report):
       logging.debug("abandoned checkpoint read: %s", report.exc_value)
     else:
       previous(report)
 
   hook._sapnet_quiet_orbax = True
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
+
+
+def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
+  """False for asyncio's "exception was never retrieved" about a read in Orbax's code (the
+  third way an abandoned read reports itself), which then goes to the debug log."""
+  error = record.exc_info[1] if record.exc_info else None
+  frames = traceback.extract_tb(error.__traceback__) if error is not None else []
+  if any("orbax" in frame.filename for frame in frames):
+    logging.debug("abandoned checkpoint read: %s", error)
+    return False
+  return True
+
+
+def _late_read(report) -> bool:
+  """tensorstore finishing such a read after Orbax closed its event loop: native code calls
+  call_soon_threadsafe, and reports the error with no object and asyncio's frames alone."""
+  frames = traceback.extract_tb(report.exc_traceback)
+  return (report.object is None and report.exc_type is RuntimeError
+          and str(report.exc_value) == "Event loop is closed" and bool(frames)
+          and frames[0].filename.endswith(os.path.join("asyncio", "base_events.py")))
 
 
 def _load_orbax(path: str, overrides: dict) -> nnx.Module:

@@ -13,22 +13,19 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from flax import nnx
 from PIL import Image, ImageCms
 from starlette.testclient import TestClient
 
 from conftest import REPO
 from imagefiles import odd_images
+from live_servers import live, tiny_model
 from sapnet_jax import checkpoint, infer, models, pretrained, serve, serving
 from sapnet_jax.data.imageio import to_uint8
-from sapnet_jax.models import pdu
 from sapnet_jax.serving_batch import Batcher
 
 RNG = np.random.default_rng(7)
@@ -40,8 +37,7 @@ LIMITS = serving.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8
 
 @pytest.fixture(scope="module")
 def model():
-  cfg = pdu.PDUConfig(channels=4, reduction=2, stages=2, num_blocks=2)
-  return pdu.PDUNet(cfg, rngs=nnx.Rngs(0))
+  return tiny_model()
 
 
 @pytest.fixture(scope="module")
@@ -287,11 +283,6 @@ def test_batched_results_equal_single_ones(derainer):
     np.testing.assert_allclose(result.image, alone, atol=1e-6, rtol=0)
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def live_server(model, derainer):
@@ -300,17 +291,8 @@ def live_server(model, derainer):
   limits = serving.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8,
                           max_batch=4, batch_wait_ms=300)
   app = serving.create_app(model, "tiny", limits=limits, derainer=derainer)
-  port = free_port()
-  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
-  deadline = time.monotonic() + 30
-  while not server.started:
-    assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-    time.sleep(0.05)
-  yield f"http://127.0.0.1:{port}"
-  server.should_exit = True
-  thread.join(10)
+  with live(app) as url:
+    yield url
 
 
 def test_concurrent_requests_are_batched_by_size(live_server):

@@ -9,6 +9,7 @@ and "stopped" can be told apart by the batcher's device-call count and by CPU ti
 """
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -24,12 +25,13 @@ import httpx
 import jax
 import numpy as np
 import pytest
-import uvicorn
 from flax import nnx
 from PIL import Image
 from starlette.testclient import TestClient
 
+import live_servers
 from conftest import REPO
+from live_servers import free_port
 from sapnet_jax import checkpoint, infer, serve, serving, serving_batch
 from sapnet_jax.models import pdu
 
@@ -43,8 +45,7 @@ BIG_TILES = len(infer.tile_starts(BIG, 32, 8)) ** 2
 
 @pytest.fixture(scope="module")
 def model():
-  cfg = pdu.PDUConfig(channels=4, reduction=2, stages=2, num_blocks=2)
-  return pdu.PDUNet(cfg, rngs=nnx.Rngs(0))
+  return live_servers.tiny_model()
 
 
 @pytest.fixture(scope="module")
@@ -133,37 +134,18 @@ def test_decode_bomb_is_refused_under_the_default_budget(model, derainer):
   assert r.status_code == 413 and "4800x4800" in r.json()["error"], r.text[:300]
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture
 def live(model, derainer):
   """Starts the app with the given limits under a real uvicorn in a thread: (url, batcher)."""
-  servers = []
+  with contextlib.ExitStack() as servers:
+    def start(**limits):
+      app = serving.create_app(model, "tiny", limits=serving.Limits(**{**SLOW, **limits}),
+                               derainer=derainer)
+      # A big image still in progress at the end of a test is cancelled 1 s into shutdown.
+      url = servers.enter_context(live_servers.live(app, timeout_graceful_shutdown=1))
+      return url, app.state.batcher
 
-  def start(**limits):
-    app = serving.create_app(model, "tiny", limits=serving.Limits(**{**SLOW, **limits}),
-                             derainer=derainer)
-    port = free_port()
-    # A big image still in progress at the end of a test is cancelled 1 s into shutdown.
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    servers.append((server, thread))
-    deadline = time.monotonic() + 30
-    while not server.started:
-      assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-      time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", app.state.batcher
-
-  yield start
-  for server, thread in servers:
-    server.should_exit = True
-    thread.join(15)
+    yield start
 
 
 def post_in_thread(url: str, data: bytes, answers: list, timeout: float = 120) -> threading.Thread:

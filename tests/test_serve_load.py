@@ -17,12 +17,11 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from flax import nnx
 
 import hostile
 from conftest import REPO
+from live_servers import free_port, tiny_model
 from sapnet_jax import checkpoint, serve, serving
-from sapnet_jax.models import pdu
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import load_serve  # noqa: E402 - the benchmark's hostile mix, so that both run the same one
@@ -39,12 +38,6 @@ HOSTILE_TIMEOUT_S = 10.0  # a hostile client gives up (and disconnects) after th
 RSS_GROWTH_BOUND_MIB = 1024
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def proc_status(pid: int, field: str) -> int:
   """A /proc/PID/status field in MiB (VmRSS: now; VmHWM: the peak so far)."""
   with open(f"/proc/{pid}/status") as f:
@@ -56,8 +49,7 @@ def proc_status(pid: int, field: str) -> int:
 
 @pytest.fixture(scope="module")
 def model():
-  return pdu.PDUNet(pdu.PDUConfig(channels=4, reduction=2, stages=2, num_blocks=2),
-                    rngs=nnx.Rngs(0))
+  return tiny_model()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 
 import pthfiles
 from conftest import REPO
+from live_servers import free_port
 
 TESTS = Path(__file__).resolve().parent
 IMAGE = REPO / "examples" / "rain-064.jpg"
@@ -124,7 +124,7 @@ def test_negative_stride_pth_is_an_error_not_a_segfault(tmp_path, command, own_c
   bad = tmp_path / "neg.pth"
   bad.write_bytes(pthfiles.legacy_pth(HOSTILE_HEADERS["negative_stride"][0]))
   args = ([str(IMAGE), "--out", str(tmp_path / "out")] if command == "derain"
-          else ["--host", "127.0.0.1", "--port", str(_free_port())])
+          else ["--host", "127.0.0.1", "--port", str(free_port())])
   result = _python("-m", f"sapnet_jax.{command}", *args, "--weights", str(bad), timeout=120)
   _one_error_line(result, str(bad), "negative stride")
 
@@ -146,13 +146,6 @@ def test_crafted_safetensors_are_refused_naming_the_file(tmp_path, header):
   path.write_bytes(header + bytes(16))
   with pytest.raises(PthError, match=r"w\.safetensors: "):
     load_safetensors(path)
-
-
-def _free_port() -> int:
-  # The server must refuse the weights before it binds; a free port keeps a wrong start visible.
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
 
 
 def test_well_formed_written_files_read_back(tmp_path):
