@@ -4,7 +4,6 @@ points, so a script added to setup.py is covered once it is installed."""
 
 import importlib
 import importlib.metadata
-import importlib.util
 import os
 import re
 import shutil
@@ -14,9 +13,6 @@ import sys
 import pytest
 
 from conftest import REPO
-
-# Being written alongside these tests; skipped, saying so, only while their modules are absent.
-PENDING = {"sapnet_jax.export", "sapnet_jax.serve"}
 
 
 def _entry_points():
@@ -52,14 +48,8 @@ def _module(ep) -> str:
   return ep.value.partition(":")[0]
 
 
-def _skip_if_pending(ep):
-  if _module(ep) in PENDING and importlib.util.find_spec(_module(ep)) is None:
-    pytest.skip(f"{_module(ep)} is not written yet (issue 18); {ep.name} is covered once it is")
-
-
 @pytest.mark.parametrize("ep", ENTRY_POINTS, ids=lambda ep: ep.name)
 def test_entry_point_names_a_callable(ep):
-  _skip_if_pending(ep)
   assert callable(ep.load()), ep.value
 
 
@@ -93,7 +83,6 @@ def help_runs():
 
 @pytest.mark.parametrize("ep", ENTRY_POINTS, ids=lambda ep: ep.name)
 def test_script_prints_its_usage(ep, help_runs):
-  _skip_if_pending(ep)
   if ep.name not in help_runs:
     pytest.fail(f"{ep.name}: no installed script beside {sys.executable} or on PATH "
                 "(pip install -e .)")

@@ -216,7 +216,7 @@ def test_official_weights_on_rain100h_subset(tmp_path):
   assert report["means"]["psnr_rgb"] > np.mean(input_psnr) + 8
 
 
-# --- built datasets and pretrained weights (issue 16) ---------------------------------------
+# --- built datasets and pretrained weights ---------------------------------------------------
 
 @pytest.fixture(scope="module")
 def rain100h_subset(tmp_path_factory):
