@@ -119,11 +119,14 @@ class _TileBar:
 
 def derain_files(derainer: infer.Derainer, files: Sequence[str], out_dir: str,
                  tile: int | None, overlap: int, format: str = "png", quality: int = 95,
-                 relative: Mapping[str, str] | None = None) -> list[str]:
+                 relative: Mapping[str, str] | None = None,
+                 outputs: Mapping[str, str] | None = None) -> list[str]:
   """De-rains each file into out_dir; returns one error line per file that failed (printable:
   control characters in names escaped). Any failure of one file (reading, de-raining,
-  encoding, writing) is that file's error line; the others are still processed."""
-  outputs = output_paths(files, out_dir, EXTENSIONS[format], relative)
+  encoding, writing) is that file's error line; the others are still processed. `outputs`:
+  `output_paths`' map when the caller has checked it already."""
+  if outputs is None:
+    outputs = output_paths(files, out_dir, EXTENSIONS[format], relative)
   errors = []
   for path in tqdm(outputs, desc="de-raining", unit="image", disable=None, file=sys.stderr):
     bar = _TileBar(fileio.printable(fileio.basename(path)))
@@ -195,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before any work: a result must never replace an input.
     if fileio.exists(args.out) and not fileio.is_dir(args.out):
       raise ValueError(f"{args.out}: --out must be a folder, and this is a file")
-    output_paths(list(found), args.out, EXTENSIONS[args.format], found)
+    outputs = output_paths(list(found), args.out, EXTENSIONS[args.format], found)
   except (ValueError, OSError) as e:
     print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
     return 2
@@ -208,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 2
     try:
       failed = derain_files(infer.Derainer(model), list(found), args.out, args.tile or None,
-                            args.overlap, args.format, args.quality, found)
+                            args.overlap, args.format, args.quality, found, outputs)
     except KeyboardInterrupt:  # Ctrl-C: results written so far are whole, the one in progress gone
       print(f"interrupted: results so far are in {fileio.printable(args.out)}", file=sys.stderr)
       return 130

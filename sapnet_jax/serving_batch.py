@@ -139,6 +139,7 @@ class Batcher:
     self.device_calls = 0  # finished device calls, tiles counted one by one (for tests, logs)
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sapnet-device")
     self._loop: asyncio.AbstractEventLoop | None = None
+    self._groups: dict[tuple[int, int], _Group] = {}
     self._closed = False
 
   def _bind(self) -> asyncio.AbstractEventLoop:
@@ -150,7 +151,7 @@ class Batcher:
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sapnet-device")
         self._closed = False
       self._loop, self._device = loop, _Device()
-      self._groups: dict[tuple[int, int], _Group] = {}
+      self._groups = {}
       self._tasks: set[asyncio.Task] = set()  # flushers, kept referenced until they finish
     return loop
 
@@ -172,15 +173,15 @@ class Batcher:
 
   async def derain(self, image: np.ndarray) -> Result:
     loop = self._bind()
-    if self._closed:
-      raise Closed("the server is shutting down")
     if self.max_queue is not None and self.in_flight >= self.max_queue:
       raise QueueFull(f"{self.in_flight} requests in flight, the most this server takes "
                       f"(--max-queue {self.max_queue})")
     self.in_flight += 1
     try:
       h, w, _ = image.shape
-      padded = infer.pad_to_bucket(image, self.tile) if self.buckets else image
+      # Whole-image numpy work runs off the event loop, which keeps receiving uploads.
+      padded = (await asyncio.to_thread(infer.pad_to_bucket, image, self.tile) if self.buckets
+                else image)
       submitted = time.perf_counter()
       if self.is_tiled(*padded.shape[:2]):
         result = await self._tiled(padded, submitted)
@@ -218,10 +219,10 @@ class Batcher:
           raise Closed("the server is shutting down")
         started = time.perf_counter()
         first = started if first is None else first
-        out = await self._call(functools.partial(_one, self.derainer, tiling.window(i)))
+        await self._call(functools.partial(_add_tile, self.derainer, tiling, i))
         compute += time.perf_counter() - started
-      tiling.add(i, out)
-    return Result(tiling.result(), 1, len(tiling), first - submitted, compute)
+    return Result(await asyncio.to_thread(tiling.result), 1, len(tiling), first - submitted,
+                  compute)
 
   async def _call(self, fn: Callable[[], Any]) -> Any:
     """fn() in the device thread (the caller holds the device). A device call cannot be
@@ -274,7 +275,7 @@ class Batcher:
   def close(self) -> None:
     """Stops taking work: queued requests fail with `Closed`, tiled ones stop before their next
     tile, and a device call already running is left to end (it cannot be interrupted)."""
-    for group in getattr(self, "_groups", {}).values():
+    for group in self._groups.values():
       for job in group.jobs:
         if not job.future.done():
           job.future.set_exception(Closed("the server is shutting down"))
@@ -282,8 +283,9 @@ class Batcher:
     self._closed, self._loop = True, None
 
 
-def _one(derainer: infer.Derainer, window: np.ndarray) -> np.ndarray:
-  return np.asarray(derainer.batch(window))[0]
+def _add_tile(derainer: infer.Derainer, tiling: infer.Tiling, i: int) -> None:
+  """Tile i de-rained and blended in, in the device thread (off the event loop)."""
+  tiling.add(i, np.asarray(derainer.batch(tiling.window(i)))[0])
 
 
 async def watched(job: Coroutine[Any, Any, Result], deadline_s: float | None,

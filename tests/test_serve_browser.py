@@ -36,7 +36,7 @@ TOKEN = "browser-test-token-0123456789"
 
 @pytest.fixture(scope="module")
 def server():
-  with serve_command(["--weights", "sapnet-rain100h"]) as (url, _):
+  with serve_command(["--weights", "sapnet-rain100h"]) as (url, _, _):
     yield url
 
 
@@ -45,7 +45,7 @@ def server_with_token(tmp_path_factory):
   # A tiny random network: this test is about the token, not the pictures.
   weights = tmp_path_factory.mktemp("weights") / "tiny.npz"
   checkpoint.save_model(tiny_model(), weights)
-  with serve_command(["--weights", str(weights)], {"SAPNET_SERVE_TOKEN": TOKEN}) as (url, _):
+  with serve_command(["--weights", str(weights)], {"SAPNET_SERVE_TOKEN": TOKEN}) as (url, _, _):
     yield url
 
 

@@ -44,7 +44,13 @@ def server_errors(caplog):
   """The ERROR records logged while a test runs (an unhandled exception in the app, in
   uvicorn or in the device thread): a 5xx may hide behind a closed connection, never a log."""
   caplog.set_level(logging.ERROR)
-  yield lambda: [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+  # uvicorn's loggers do not propagate to the root logger that caplog listens on.
+  uvicorn_log = logging.getLogger("uvicorn")
+  uvicorn_log.addHandler(caplog.handler)
+  try:
+    yield lambda: [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+  finally:
+    uvicorn_log.removeHandler(caplog.handler)
 
 
 def problem(r: httpx.Response) -> str | None:

@@ -103,8 +103,10 @@ def test_new_sizes_share_a_bucketed_program(model, derainer):
   app = serving.create_app(model, "tiny", limits=limits, derainer=derainer)
   sizes = [(19, 23), (20, 21), (22, 19), (23, 24), (24, 20), (21, 22)]
   with TestClient(app) as client:
-    assert client.post("/v1/derain", content=noise_png(24, 24)).status_code == 200  # warm
     COMPILES.on, COMPILES.count = True, 0
+    assert client.post("/v1/derain", content=noise_png(24, 24)).status_code == 200  # warm
+    assert COMPILES.count > 0  # the listener sees compiles
+    COMPILES.count = 0
     try:
       for h, w in sizes:
         r = client.post("/v1/derain", content=noise_png(h, w))
@@ -357,13 +359,12 @@ def test_sigterm_exits_within_the_drain_bound(tmp_path):
     time.sleep(1)
     assert cpu_seconds_of(proc.pid) - busy > 0.3, "the server is not de-raining"
     assert proc.poll() is None and not answers
-    sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     # Stated bound: --drain-timeout, then the running device call (one tile here) and the
     # interpreter's exit; 10 s more leaves room for a busy CI. uvicorn ends by raising the
     # signal it caught again, so the status is that of SIGTERM.
     code = proc.wait(timeout=DRAIN_S + 10)
-    assert time.monotonic() - sent < DRAIN_S + 10 and code in (0, -signal.SIGTERM)
+    assert code in (0, -signal.SIGTERM)  # proc.wait above bounds the time
   finally:
     stop(proc)
   assert serve.DRAIN_S == DRAIN_S

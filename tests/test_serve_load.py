@@ -8,7 +8,6 @@ misbehave as no HTTP library lets them."""
 
 import select
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ import uvicorn
 
 import hostile
 from conftest import REPO
-from live_servers import free_port, tiny_model
+from live_servers import free_port, serve_command, tiny_model
 from sapnet_jax import checkpoint, serve, serving
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -56,37 +55,15 @@ def model():
 def server(tmp_path_factory, model):
   """The serve command on a free 127.0.0.1 port with a tiny random model and its default
   limits, but short connection timeouts: (url, process)."""
-  folder = tmp_path_factory.mktemp("serve_load")
-  weights = folder / "tiny.npz"
+  weights = tmp_path_factory.mktemp("serve_load") / "tiny.npz"
   checkpoint.save_model(model, weights)
-  port = free_port()
-  log = open(folder / "server.log", "wb")
-  process = subprocess.Popen(
-      [sys.executable, "-m", "sapnet_jax.serve", "--weights", str(weights), "--port", str(port),
-       "--no-compile-cache", "--header-timeout", str(HEADER_TIMEOUT_S),
-       "--body-timeout", str(BODY_TIMEOUT_S), "--keep-alive", str(KEEP_ALIVE_S)],
-      cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-  url = f"http://127.0.0.1:{port}"
-  deadline = time.monotonic() + 90
-  while True:
-    assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
-    assert time.monotonic() < deadline, "the server was not ready within 90 s"
-    try:
-      if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-        break
-    except httpx.TransportError:
-      time.sleep(0.2)
-  # The normal size compiled once, as any server that served it before.
-  r = httpx.post(f"{url}/v1/derain", content=NORMAL, timeout=60)
-  assert r.status_code == 200, (r.text, (folder / "server.log").read_text()[-3000:])
-  yield url, process
-  process.terminate()
-  try:
-    process.wait(20)
-  except subprocess.TimeoutExpired:
-    process.kill()
-    process.wait(5)
-  log.close()
+  flags = ["--weights", str(weights), "--header-timeout", str(HEADER_TIMEOUT_S),
+           "--body-timeout", str(BODY_TIMEOUT_S), "--keep-alive", str(KEEP_ALIVE_S)]
+  with serve_command(flags, start_s=90) as (url, output, process):
+    # The normal size compiled once, as any server that served it before.
+    r = httpx.post(f"{url}/v1/derain", content=NORMAL, timeout=60)
+    assert r.status_code == 200, (r.text, output()[-3000:])
+    yield url, process
 
 
 def test_idle_and_slow_connections_are_closed_within_the_timeouts(server):

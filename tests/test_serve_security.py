@@ -239,7 +239,7 @@ def tiny_weights(model, tmp_path_factory):
 
 def test_command_refuses_rebinding_and_cross_site_posts(tiny_weights):
   # The command as a user starts it, with no access flag at all.
-  with serve_command(["--weights", str(tiny_weights)]) as (url, output):
+  with serve_command(["--weights", str(tiny_weights)]) as (url, output, _):
     with httpx.Client(base_url=url, timeout=60) as c:
       rebound = c.post("/v1/derain", content=IMAGE, headers={"Host": "evil.example"})
       cross = c.post("/v1/derain", content=IMAGE, headers={
@@ -254,7 +254,7 @@ def test_command_refuses_rebinding_and_cross_site_posts(tiny_weights):
 def test_command_on_every_interface_warns_and_requires_the_token(tiny_weights):
   # Bound to 0.0.0.0 (all traffic here stays on 127.0.0.1), the token given by environment.
   with serve_command(["--weights", str(tiny_weights), "--host", "0.0.0.0"],
-                     {serving_access.TOKEN_ENV: TOKEN}) as (url, output):
+                     {serving_access.TOKEN_ENV: TOKEN}) as (url, output, _):
     with httpx.Client(base_url=url, timeout=60) as c:
       without = c.post("/v1/derain", content=IMAGE)
       allowed = c.post("/v1/derain", content=IMAGE, headers={"Authorization": f"Bearer {TOKEN}"})

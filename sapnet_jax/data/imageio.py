@@ -296,10 +296,9 @@ def encode_image(image: np.ndarray, format: str = "png", quality: int = 95,
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, format: str = "png",
-                quality: int = 95, metadata: Metadata | None = None,
-                notes: list[str] | None = None) -> None:
+                quality: int = 95, metadata: Metadata | None = None) -> None:
   """`encode_image` into a file; an existing file is replaced whole."""
-  data = encode_image(image, format, quality, metadata, notes)
+  data = encode_image(image, format, quality, metadata)
   with atomic_write(path) as f:
     f.write(data)
 
