@@ -120,11 +120,13 @@ class _TileBar:
 def derain_files(derainer: infer.Derainer, files: Sequence[str], out_dir: str,
                  tile: int | None, overlap: int, format: str = "png", quality: int = 95,
                  relative: Mapping[str, str] | None = None,
-                 outputs: Mapping[str, str] | None = None) -> list[str]:
+                 outputs: Mapping[str, str] | None = None,
+                 scale: float | str = 1.0) -> list[str]:
   """De-rains each file into out_dir; returns one error line per file that failed (printable:
   control characters in names escaped). Any failure of one file (reading, de-raining,
   encoding, writing) is that file's error line; the others are still processed. `outputs`:
-  `output_paths`' map when the caller has checked it already."""
+  `output_paths`' map when the caller has checked it already. `scale`: Derainer's (1, a
+  number, or "auto", whose choice is printed per file)."""
   if outputs is None:
     outputs = output_paths(files, out_dir, EXTENSIONS[format], relative)
   errors = []
@@ -133,7 +135,7 @@ def derain_files(derainer: infer.Derainer, files: Sequence[str], out_dir: str,
     notes = []
     try:
       error = _derain_one(derainer, path, outputs[path], tile, overlap, format, quality, bar,
-                          notes)
+                          notes, scale)
     finally:
       bar.close()
     for note in notes:
@@ -146,7 +148,8 @@ def derain_files(derainer: infer.Derainer, files: Sequence[str], out_dir: str,
 
 
 def _derain_one(derainer: infer.Derainer, path: str, out: str, tile: int | None, overlap: int,
-                format: str, quality: int, bar: _TileBar, notes: list[str]) -> str | None:
+                format: str, quality: int, bar: _TileBar, notes: list[str],
+                scale: float | str = 1.0) -> str | None:
   """De-rains one file; returns its error line, or None. Every exception is the file's own:
   it must not end the batch, nor reach the user as a traceback."""
   try:
@@ -156,7 +159,12 @@ def _derain_one(derainer: infer.Derainer, path: str, out: str, tile: int | None,
   except Exception as e:  # noqa: BLE001 - an unreadable file of any kind is one error line
     return f"{path}: cannot read ({_reason(e)})"
   try:
-    result = derainer(image, tile=tile, overlap=overlap, progress=bar)
+    if scale == infer.AUTO:
+      scale = derainer.estimate_scale(image)
+      tqdm.write(f"{fileio.printable(fileio.basename(path))}: scale "
+                 f"{infer.format_scale(scale)} (auto)",
+                 file=sys.stderr)
+    result = derainer(image, tile=tile, overlap=overlap, progress=bar, scale=scale)
     data = imageio.encode_image(result, format, quality, metadata, notes)
   except Exception as e:  # noqa: BLE001 - as above, for de-raining and encoding
     return f"{path}: cannot de-rain ({_reason(e)})"
@@ -185,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="JPEG quality 1..100 for --format jpg (default: 95)")
   flags.add_weights(parser, pretrained.DEFAULT, pretrained.WEIGHTS_HELP)
   flags.add_tiling(parser, infer.DEFAULT_TILE, infer.DEFAULT_OVERLAP)
+  flags.add_scale(parser)
   flags.add_dtype(parser)
   flags.add_compile_cache(parser, f"{compile_cache.ENV}, else the user cache folder's "
                           "jax_compile")
@@ -206,12 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   with compile_cache.scope(args.compile_cache, enabled=not args.no_compile_cache):
     try:
       model = pretrained.load(args.weights, dtype=args.dtype)
-    except (ValueError, OSError) as e:  # unknown or unfit weights, failed download
+      derainer = infer.Derainer(model, stages=args.stages)
+    except (ValueError, OSError) as e:  # unknown or unfit weights, failed download, stages
       print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
       return 2
     try:
-      failed = derain_files(infer.Derainer(model), list(found), args.out, args.tile or None,
-                            args.overlap, args.format, args.quality, found, outputs)
+      failed = derain_files(derainer, list(found), args.out, args.tile or None, args.overlap,
+                            args.format, args.quality, found, outputs, scale=args.scale)
     except KeyboardInterrupt:  # Ctrl-C: results written so far are whole, the one in progress gone
       print(f"interrupted: results so far are in {fileio.printable(args.out)}", file=sys.stderr)
       return 130

@@ -1,14 +1,22 @@
 """Whole-image and tiled inference on single images (arrays in, arrays out; no file I/O).
 
-Tiling bounds memory for large photos: tiles of `tile` x `tile` pixels overlap by `overlap`
+Tiling bounds memory for large photos: tiles of at most `tile` x `tile` pixels (as few as
+that size needs, shrunk to share the length evenly: `balanced_tile`) overlap by `overlap`
 pixels and are blended with weights that ramp linearly across the middle half of each overlap
 (zero in its outer quarter). All tiles of an image have one shape, so the network is compiled
-once per tile size. For a network without global attention (PReNet, PRN), a pixel therefore
+once per image size. For a network without global attention (PReNet, PRN), a pixel therefore
 equals the whole-image result whenever overlap >= 4 * model.cfg.receptive_radius + 4. SAPNet's
 attention pools over each tile instead of the whole image, so its tiles differ slightly from
 whole-image inference: 50 dB PSNR between the two on Rain100H with 256-pixel tiles, and the
 same PSNR against the ground truth (docs/fidelity.md). The defaults (512 / 64) are the
 fastest per pixel on a 2-core CPU and keep a 4000x3000 photo under 1 GB of peak RSS.
+
+Scale-aware inference (`scale=`): the networks learned rain 1-2 pixels wide (Rain100H), and a
+photo's streaks are often several times wider. With `scale=F` the photo is shrunk by F (an
+area average), de-rained there, and the rain layer the network removed (input - output) is
+enlarged (Lanczos) and subtracted from the full-size photo, so the photo's own detail stays.
+`scale="auto"` picks F from the network's response on thumbnails (`estimate_scale`).
+docs/scale.md has the measurements behind each choice.
 
 For the server: `Tiling` lets a caller run the tiles itself (it interleaves requests between
 tiles), and `pad_to_bucket` mirrors an image up to one of a few sizes, so that sizes a client
@@ -25,12 +33,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from PIL import Image
 
 from sapnet_jax import models, xla_options
 from sapnet_jax.models import ops
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
+
+AUTO = "auto"
+# The working scales `auto` chooses from, and the largest a caller may ask for: the photo is
+# shrunk by the scale, so a scale above 16 leaves too few pixels of any streak to de-rain.
+SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
+MAX_SCALE = 16.0
+# `auto` runs the network on THUMB x THUMB crops of the photo shrunk by each candidate scale,
+# at 2 x 2 places (one program for every photo; 20 crops, 0.33 MP in all), and weighs each
+# scale's rain score against SCALE_COST per doubling of the scale and LEAVE_COST for leaving
+# full size (`choose_scale`; chosen on calibration photos the benchmark never scores:
+# docs/scale.md).
+THUMB = 128
+THUMB_GRID = 2
+SCALE_COST = 0.15
+LEAVE_COST = 0.1
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -54,6 +78,127 @@ def blend_ramp(start: int, tile: int, length: int, overlap: int) -> np.ndarray:
   return w
 
 
+def parse_scale(value: str | float) -> float | str:
+  """`auto`, or a number in [1, MAX_SCALE] (how many times wider the photo's streaks are than
+  the training data's); raises ValueError naming the accepted values."""
+  if isinstance(value, str) and value.strip().lower() == AUTO:
+    return AUTO
+  try:
+    scale = float(value)
+  except (TypeError, ValueError):
+    scale = float("nan")
+  if not 1.0 <= scale <= MAX_SCALE:  # also refuses nan
+    raise ValueError(f"scale must be 'auto' or a number from 1 to {MAX_SCALE:g}, got {value!r}")
+  return scale
+
+
+def format_scale(scale: float) -> str:
+  """A working scale as people write it: 2, 1.5, 2.3456789 (never rounded, no trailing .0)."""
+  return repr(float(scale)).removesuffix(".0")
+
+
+def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+  """The working size of a (height, width) photo at `scale` (each side at least 1)."""
+  return max(1, round(height / scale)), max(1, round(width / scale))
+
+
+def resize(image: np.ndarray, shape: tuple[int, int], method: int) -> np.ndarray:
+  """(H, W, C) float32 -> (shape, C) with a Pillow filter, channel by channel (Pillow resamples
+  32-bit float images in C, with a support widened by the factor when shrinking: antialiased)."""
+  h, w = shape
+  out = np.empty((h, w, image.shape[-1]), np.float32)
+  for c in range(image.shape[-1]):
+    plane = Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), mode="F")
+    out[..., c] = np.asarray(plane.resize((w, h), method), np.float32)
+  return out
+
+
+def downscale(image: np.ndarray, scale: float) -> np.ndarray:
+  """Shrinks by `scale` with an area average (the box filter): after de-raining at scale 2,
+  0.17 dB better than bicubic shrinking, which sharpens texture the network then mistakes for
+  rain; a tie at scale 3 (docs/scale.md, Ways back to full size)."""
+  return resize(image, scaled_shape(*image.shape[:2], scale), Image.BOX)
+
+
+def transfer_rain(image: np.ndarray, small: np.ndarray, small_out: np.ndarray) -> np.ndarray:
+  """The full-size result: `image` minus the rain layer removed at the working scale
+  (small - small_out), enlarged with Lanczos. Only the rain layer is enlarged, so the photo
+  keeps its own detail: enlarging the de-rained image instead scored 0.3-1.3 dB lower."""
+  rain = resize(small - small_out, image.shape[:2], Image.LANCZOS)
+  np.subtract(image, rain, out=rain)
+  return rain
+
+
+def _crop_starts(length: int, region: int, grid: int) -> list[int]:
+  """Starts of `grid` regions of `region` pixels centred at even spacings along `length`,
+  clamped inside it (repeated when they coincide: the crop count, so the program, is fixed)."""
+  centres = [length * (2 * i + 1) / (2 * grid) for i in range(grid)]
+  return [min(max(round(c - region / 2), 0), max(length - region, 0)) for c in centres]
+
+
+def thumbnails(image: np.ndarray, scales=SCALES, side: int = THUMB, grid: int = THUMB_GRID
+               ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+  """The crops `estimate_scale` de-rains: for each scale, regions of side * scale pixels at
+  grid x grid places, shrunk to side x side (mirrored up to it where the photo is smaller).
+  Returns (crops (len(scales) * grid**2, side, side, 3): one shape for every photo, so one
+  program; per crop (scale index, valid height, valid width))."""
+  h, w, _ = image.shape
+  crops, index = [], []
+  for k, scale in enumerate(scales):
+    region = max(1, round(side * scale))
+    for y in _crop_starts(h, region, grid):
+      for x in _crop_starts(w, region, grid):
+        part = image[y:y + region, x:x + region]
+        small = part if scale == 1 else downscale(part, scale)
+        small = small[:side, :side]
+        vh, vw = small.shape[:2]
+        pad = ((0, side - vh), (0, side - vw), (0, 0))
+        crops.append(np.pad(small, pad, mode="symmetric"))
+        index.append((k, vh, vw))
+  return np.stack(crops), index
+
+
+def rain_scores(crops: np.ndarray, outputs: np.ndarray, index, count: int) -> np.ndarray:
+  """Per scale: the energy of the rain layer the network removed (mean square) times its
+  coherence (how much of its gradient energy lies across one direction: streaks are
+  oriented, texture mistaken for rain is not)."""
+  energy, coherence = rain_statistics(crops, outputs, index, count)
+  return energy * coherence
+
+
+def rain_statistics(crops: np.ndarray, outputs: np.ndarray, index, count: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Per scale: (mean square of the removed rain layer, its gradients' coherence in [0, 1])."""
+  energy, pixels = np.zeros(count), np.zeros(count)
+  tensor = np.zeros((count, 3))
+  for crop, out, (k, vh, vw) in zip(crops, outputs, index):
+    rain = (crop - out)[:vh, :vw]
+    energy[k] += np.sum(rain**2) / 3
+    pixels[k] += vh * vw
+    if vh > 1 and vw > 1:
+      gy, gx = np.gradient(rain.mean(axis=-1))
+      tensor[k] += (np.sum(gx * gx), np.sum(gx * gy), np.sum(gy * gy))
+  xx, xy, yy = tensor.T
+  spread = np.sqrt((xx - yy)**2 + 4 * xy**2)  # lambda1 - lambda2
+  coherence = np.divide(spread, xx + yy, out=np.zeros(count), where=xx + yy > 0)
+  return energy / np.maximum(pixels, 1), coherence
+
+
+def choose_scale(scores: np.ndarray, scales=SCALES, cost: float = SCALE_COST,
+                 leave: float = LEAVE_COST) -> float:
+  """The scale whose score, as a fraction of the best, minus `cost` per doubling of the scale
+  and `leave` for leaving full size at all, is highest (ties: the smaller). The removed rain
+  grows as the working scale approaches the streaks' and then levels off, while the detail a
+  coarser scale loses keeps growing: a larger scale has to earn its loss of resolution, and
+  the first step away from full size loses the most (docs/scale.md)."""
+  best = float(np.max(scores))
+  if not best > 0:
+    return float(scales[0])
+  octaves = np.log2(np.asarray(scales, np.float64))
+  gain = np.asarray(scores) / best - cost * octaves - leave * (octaves > 0)
+  return float(scales[int(np.argmax(gain))])
+
+
 class Derainer:
   """A jit-compiled de-raining function for one model: `derainer(image) -> image`.
 
@@ -61,8 +206,10 @@ class Derainer:
   measured faster one on that device's platform, None: the model's own) and the compiler
   options measured faster there for inference (xla_options)."""
 
-  def __init__(self, model: nnx.Module, impl: str | None = "auto"):
+  def __init__(self, model: nnx.Module, impl: str | None = "auto", stages: int | None = None):
     platform = jax.devices()[0].platform
+    if stages is not None:
+      model = with_stages(model, stages)
     if impl is not None:
       model = models.with_config(model, impl=ops.resolve(impl, platform))
     self.impl = model.cfg.impl
@@ -81,17 +228,44 @@ class Derainer:
     """(N, H, W, 3) -> (N, H, W, 3), unclamped float32."""
     return self._forward(self._state, jnp.asarray(images, jnp.float32))
 
+  def estimate_scale(self, image: np.ndarray) -> float:
+    """The working scale `auto` picks for an (H, W, 3) image: one device call on thumbnails."""
+    return choose_scale(self.scale_scores(image))
+
+  def scale_scores(self, image: np.ndarray) -> np.ndarray:
+    """`rain_scores` of an (H, W, 3) image at each of SCALES."""
+    return np.prod(self.scale_statistics(image), axis=0)
+
+  def scale_statistics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`rain_statistics` of an (H, W, 3) image at each of SCALES."""
+    _check_image(image)
+    crops, index = thumbnails(image)
+    outputs = np.asarray(self.batch(crops))
+    return rain_statistics(crops, outputs, index, len(SCALES))
+
   def __call__(self, image: np.ndarray, tile: int | None = DEFAULT_TILE,
                overlap: int = DEFAULT_OVERLAP,
-               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+               progress: Callable[[int, int], None] | None = None,
+               scale: float | str = 1.0) -> np.ndarray:
     """De-rains one (H, W, 3) image in [0, 1]; returns unclamped float32 of the same shape.
 
-    With `tile` None or not smaller than both sides, the whole image goes through at once.
+    With `tile` None or not smaller than both sides (of the working-size image), the whole
+    image goes through at once. `scale`: 1 de-rains at full size; F > 1 at 1/F of it, the
+    removed rain put back at full size (`transfer_rain`); "auto" picks F (`estimate_scale`).
     `progress(done, total)` is called with (0, total) before the first tile, so a progress bar
     shows while the first tile compiles, and after each tile; a whole image is one tile.
     """
-    if image.ndim != 3 or image.shape[-1] != 3:
-      raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    _check_image(image)
+    scale = parse_scale(scale)
+    if scale == AUTO:
+      scale = self.estimate_scale(image)
+    if scale == 1:
+      return self._derain(image, tile, overlap, progress)
+    small = downscale(image, scale)
+    return transfer_rain(image, small, self._derain(small, tile, overlap, progress))
+
+  def _derain(self, image: np.ndarray, tile: int | None, overlap: int,
+              progress: Callable[[int, int], None] | None) -> np.ndarray:
     report = progress or (lambda done, total: None)
     h, w, _ = image.shape
     if tile is None or (h <= tile and w <= tile):
@@ -99,7 +273,7 @@ class Derainer:
       out = np.asarray(self.batch(image[None]))[0]
       report(1, 1)
       return out
-    tiling = Tiling(image, tile, overlap)
+    tiling = Tiling(image, tile, overlap, balanced=True)
     report(0, len(tiling))
     for i in range(len(tiling)):
       tiling.add(i, np.asarray(self.batch(tiling.window(i)))[0])
@@ -107,18 +281,31 @@ class Derainer:
     return tiling.result()
 
 
+def balanced_tile(length: int, tile: int, overlap: int) -> int:
+  """The smallest tile side (at most `tile`) that covers `length` with as few tiles as `tile`
+  would: 1000 pixels take 3 tiles of 376 rather than 3 of 512, 27% fewer pixels computed along
+  that side (the working size of a 4000x3000 photo at scale 3 or 4 is such a length)."""
+  if tile >= length:
+    return length
+  count = -(-(length - overlap) // (tile - overlap))
+  return min(tile, -(-(length + (count - 1) * overlap) // count))
+
+
 class Tiling:
   """The tiles of one (H, W, 3) image and their blend, for a caller that runs them itself (the
   server interleaves tiles of different requests): `tiling.window(i)` is tile i as a batch of
-  one; hand its output to `tiling.add(i, out)`, then take `tiling.result()`."""
+  one; hand its output to `tiling.add(i, out)`, then take `tiling.result()`. With `balanced`
+  (what Derainer uses) tiles shrink to `balanced_tile`, a shape per image size; without it
+  every tile is `tile` pixels, one shape for all images (what the server needs)."""
 
-  def __init__(self, image: np.ndarray, tile: int, overlap: int):
+  def __init__(self, image: np.ndarray, tile: int, overlap: int, balanced: bool = False):
     if tile < 1 or not 0 <= overlap < tile:
       raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, "
                        f"overlap={overlap}")
     self.image, self.overlap = image, overlap
     h, w, _ = image.shape
-    self.th, self.tw = min(tile, h), min(tile, w)
+    side = balanced_tile if balanced else (lambda n, t, o: min(t, n))
+    self.th, self.tw = side(h, tile, overlap), side(w, tile, overlap)
     self.starts = [(y, x) for y in tile_starts(h, self.th, overlap)
                    for x in tile_starts(w, self.tw, overlap)]
     self._acc = np.zeros((h, w, 3), np.float32)
@@ -141,6 +328,24 @@ class Tiling:
 
   def result(self) -> np.ndarray:
     return self._acc / self._weight
+
+
+def with_stages(model: nnx.Module, stages: int) -> nnx.Module:
+  """The same progressive network run for `stages` of its recurrent stages (1 up to the
+  number it was trained with): the speed/quality dial (docs/scale.md, Stages)."""
+  trained = getattr(model.cfg, "stages", None)
+  if trained is None:
+    raise ValueError(f"stages: only the progressive networks (SAPNet, PReNet, PRN) have "
+                     f"stages; this model is {type(model).__name__}")
+  if not 1 <= stages <= trained:
+    raise ValueError(f"stages must be from 1 to {trained} (the stages this model was trained "
+                     f"with), got {stages}")
+  return models.with_config(model, stages=stages)
+
+
+def _check_image(image: np.ndarray) -> None:
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
 
 
 def bucket_sides(tile: int | None) -> list[int]:

@@ -334,11 +334,36 @@ def test_a_failed_write_is_one_error_and_the_others_are_written(tmp_path, tiny_w
     (["--tile", "48"], "--overlap 64 must be smaller than --tile 48"),
     (["--tile", "-1"], "argument --tile: must be >= 0, got -1"),
     (["--tile", "32", "--overlap", "-4"], "argument --overlap: must be >= 0, got -4"),
+    (["--scale", "0.5"], "argument --scale: must be 'auto' or a number from 1 to 16, got '0.5'"),
+    (["--scale", "big"], "argument --scale: must be 'auto' or a number from 1 to 16, got 'big'"),
+    (["--stages", "0"], "argument --stages: must be in 1..6, got 0"),
 ])
-def test_bad_tiling_flags_stop_before_any_work(tmp_path, capsys, flags, message):
+def test_bad_flags_stop_before_any_work(tmp_path, capsys, flags, message):
   Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(tmp_path / "a.png")
   with pytest.raises(SystemExit) as exit_info:
     derain.main([str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), *flags])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err.splitlines()[-1]
   assert not (tmp_path / "out").exists()
+
+
+def test_more_stages_than_the_model_has_is_one_line(tmp_path, tiny_weights, capsys):
+  Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+  code = derain.main([str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
+                      "--weights", tiny_weights, "--stages", "3"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and err == ["error: stages must be from 1 to 2 (the stages this model was "
+                               "trained with), got 3"]
+
+
+@pytest.mark.parametrize("scale", ["auto", "2.5"])
+def test_scale_keeps_every_size_and_auto_says_its_choice(tmp_path, tiny_weights, capsys, scale):
+  expected = _odd_inputs(tmp_path / "in")
+  code = derain.main([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--weights",
+                      tiny_weights, "--scale", scale, "--stages", "1"])
+  err = capsys.readouterr().err
+  assert code == 0, err
+  for stem, (h, w) in expected.items():
+    assert read_image(tmp_path / "out" / f"{stem}.png").shape == (h, w, 3)
+  said = [line for line in err.splitlines() if line.endswith("(auto)")]
+  assert len(said) == (len(expected) if scale == "auto" else 0), err

@@ -92,3 +92,14 @@ def test_progress_sees_every_tile_in_order(local_derainer):
   calls.clear()
   local_derainer(image, tile=None, progress=lambda *a: calls.append(a))
   assert calls == [(0, 1), (1, 1)]  # a whole image is one tile
+
+
+@pytest.mark.parametrize("length", [1, 97, 511, 512, 513, 750, 1000, 1333, 3000, 4000])
+def test_balanced_tiles_are_no_more_and_no_larger(length):
+  tile, overlap = 512, 64
+  side = infer.balanced_tile(length, tile, overlap)
+  assert side <= min(tile, length)
+  starts = infer.tile_starts(length, side, overlap)
+  assert len(starts) == len(infer.tile_starts(length, min(tile, length), overlap))
+  assert starts[0] == 0 and starts[-1] + side == length
+  assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:]))  # overlaps kept

@@ -74,6 +74,20 @@ RAIN100H = RainStyle(layers=(1, 2), angle_deg=(-20.0, 20.0), angle_spread_deg=15
                      length=(40.0, 120.0), width=(1.0, 2.0), blur=(0.0, 0.5),
                      density=(0.003, 0.007), brightness=(0.2, 0.45), haze_probability=0.0,
                      blend="add")
+
+
+def magnified(style: RainStyle, factor: float) -> RainStyle:
+  """The same rain seen `factor` times larger (a photo of more pixels, or a closer camera):
+  lengths, widths and defocus multiplied by `factor`, drops per pixel divided by its square,
+  so streaks cover the same fraction of the image."""
+  if not factor > 0:
+    raise ValueError(f"magnified: factor must be > 0, got {factor}")
+  return dataclasses.replace(
+      style, length=tuple(v * factor for v in style.length),
+      width=tuple(v * factor for v in style.width), blur=tuple(v * factor for v in style.blur),
+      density=tuple(v / factor**2 for v in style.density))
+
+
 STYLES = {"default": RainStyle(), "light": LIGHT, "heavy": HEAVY, "rain100h": RAIN100H}
 
 

@@ -73,6 +73,33 @@ def check_tiling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
          "--overlap, raise --tile, or give --tile 0 for whole images")
 
 
+def scale(text: str) -> float | str:
+  """An argparse `type` for --scale: `auto` or a number from 1 to 16 (infer.parse_scale's
+  rule, repeated here because this module imports nothing from the package; a test holds the
+  two together)."""
+  if text.strip().lower() == "auto":
+    return "auto"
+  try:
+    value = float(text)
+  except ValueError:
+    value = float("nan")
+  if not 1.0 <= value <= 16.0:
+    raise argparse.ArgumentTypeError(f"must be 'auto' or a number from 1 to 16, got {text!r}")
+  return value
+
+
+def add_scale(parser: argparse.ArgumentParser) -> None:
+  """--scale 1|F|auto and --stages N: the working scale and the speed/quality dial."""
+  parser.add_argument("--scale", type=scale, default=1.0, metavar="F|auto",
+                      help="de-rain at 1/F of the photo's size and put the removed rain back "
+                      "at full size, for streaks F times wider than the training data's; "
+                      "auto picks F from the photo (1, 1.5, 2, 3 or 4); 1 = full size "
+                      "(default: 1)")
+  parser.add_argument("--stages", type=int_in(1, 6), default=None, metavar="N",
+                      help="run only the first N of the network's 6 recurrent stages: faster, "
+                      "less rain removed (docs/scale.md; default: all)")
+
+
 def add_dtype(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--dtype", choices=DTYPES, default=DTYPES[0],
                       help=f"computation precision (default: {DTYPES[0]})")
