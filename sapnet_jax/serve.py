@@ -154,6 +154,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, serving.
   parser.add_argument("--batch-wait-ms", type=float, default=DEFAULTS.batch_wait_ms,
                       metavar="MS", help="how long an image waits for others of its size "
                       f"(default: {DEFAULTS.batch_wait_ms})")
+  flags.add_scale(parser)
   flags.add_dtype(parser)
   flags.add_compile_cache(parser, "", folder=False)
   cost = parser.add_argument_group("what the device does for clients (docs/serve.md, Limits)")
@@ -206,7 +207,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, serving.
                             max_batch=args.max_batch or default_max_batch(),
                             batch_wait_ms=args.batch_wait_ms,
                             body_timeout_s=args.body_timeout, max_queue=args.max_queue,
-                            deadline_s=args.deadline, buckets=not args.no_buckets)
+                            deadline_s=args.deadline, buckets=not args.no_buckets,
+                            scale=args.scale)
     if not 0 <= args.drain_timeout <= 3600:
       raise ValueError(f"--drain-timeout must be in 0..3600, got {args.drain_timeout}")
     args.connections = Connections(max_connections=args.max_connections,
@@ -268,8 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   entry = pretrained.REGISTRY.get(args.weights)
   logging.info("batching up to %d same-size images, waiting up to %g ms", limits.max_batch,
                limits.batch_wait_ms)
+  try:
+    derainer = infer.Derainer(model, stages=args.stages)
+  except ValueError as e:  # --stages on a model without stages, or more than it has
+    print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
+    return 2
   app = serving.create_app(model, name, description=entry.description if entry else None,
-                           limits=limits, access=args.access)
+                           limits=limits, access=args.access, derainer=derainer)
   warm_up(app.state.batcher, args.warmup)
   if not args.no_compile_cache:
     compile_cache.freeze()  # what clients send never reaches the disk (docs/serve.md, Limits)

@@ -51,7 +51,7 @@ WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
                "script-src 'self'; connect-src 'self' blob:; object-src 'none'; "
                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-QUERY_FIELDS = ("format", "quality")
+QUERY_FIELDS = ("format", "quality", "scale")
 RETRY_AFTER_S = 10  # told to a client refused for being busy (503)
 
 
@@ -70,6 +70,7 @@ class Limits:
   max_queue: int = 8  # requests waiting for or on the device; above: 503 with Retry-After
   deadline_s: float = 300.0  # a request not de-rained this long after decoding: dropped, 503
   buckets: bool = True  # pad to bucket sizes: clients cannot make the server compile per size
+  scale: float | str = 1.0  # working scale when a request names none (?scale=): 1, F or auto
 
   def __post_init__(self):
     # Names are the command's flags: these errors reach its user as they are.
@@ -95,6 +96,10 @@ class Limits:
       raise ValueError(f"--max-queue must be >= 1, got {self.max_queue}")
     if not 0 < self.deadline_s <= 86_400:
       raise ValueError(f"--deadline must be in (0, 86400], got {self.deadline_s}")
+    try:
+      object.__setattr__(self, "scale", infer.parse_scale(self.scale))
+    except ValueError as e:
+      raise ValueError(f"--{e}") from None
 
 
 class ApiError(Exception):
@@ -138,13 +143,14 @@ def create_app(model: nnx.Module, name: str, *, description: str | None = None,
   async def derain(request: Request) -> Response:
     started = time.perf_counter()
     fmt, quality = output_format(request)
+    scale = request_scale(request, limits.scale)
     data, upload_name = await read_upload(request, limits.max_bytes, limits.body_timeout_s)
     t_read = time.perf_counter()
     image, metadata = await run_in_threadpool(decode_upload, data, upload_name,
                                               limits.max_pixels)
     t_decode = time.perf_counter()
     try:
-      result = await watched(batcher.derain(image), limits.deadline_s,
+      result = await watched(batcher.derain(image, scale), limits.deadline_s,
                              client_gone(request.receive))
     except (QueueFull, DeadlineExceeded, Closed) as e:  # busy: the client may come back
       raise ApiError(503, f"{upload_name}: {e}; retry later",
@@ -167,6 +173,7 @@ def create_app(model: nnx.Module, name: str, *, description: str | None = None,
         "X-Image-Size": f"{image.shape[1]}x{image.shape[0]}",
         "X-Batch-Size": str(result.batch_size),
         "X-Tiles": str(result.tiles),
+        "X-Scale": infer.format_scale(result.scale),
         "X-Model": name,
         "Server-Timing": (f"read;dur={ms(started, t_read)}, decode;dur={ms(t_read, t_decode)}, "
                           f"queue;dur={result.queue_s * 1000:.1f}, "
@@ -218,6 +225,19 @@ def output_format(request: Request) -> tuple[str, int]:
   if not 1 <= q <= 100:
     raise ApiError(400, f"query: quality must be an integer in 1..100, got {quality[:40]!r}")
   return ("png" if fmt == "png" else "jpg"), q
+
+
+def request_scale(request: Request, default: float | str) -> float | str:
+  """?scale=auto|F (1 to infer.MAX_SCALE), else the server's --scale; refused before the body
+  is read."""
+  text = request.query_params.get("scale")
+  if text is None:
+    return default
+  try:
+    return infer.parse_scale(text)
+  except ValueError:
+    raise ApiError(400, f"query: scale must be 'auto' or a number from 1 to "
+                   f"{infer.MAX_SCALE:g}, got {text[:40]!r}") from None
 
 
 async def limited_stream(request: Request, max_bytes: int,

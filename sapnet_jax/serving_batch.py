@@ -13,6 +13,9 @@ computations never overlap.
 Bounds (docs/serve.md, "Limits"):
 - With `buckets`, each image is mirrored up to a bucket (`infer.bucket_sides`), so clients
   choosing sizes compile at most len(sides)**2 programs per batch size, never one per request.
+- A request at a working scale (`scale`, infer.Derainer's) is shrunk before all this and its
+  rain layer put back after, off the event loop; `auto`'s estimate is one whole-image call on
+  thumbnails of one shape for every photo (compiled by the warm-up).
 - Images larger than the tile size are de-rained one tile per device call, and between calls
   the device goes to whole images before tiles (`_Device`): a small request waits for at most
   the one call running, however many large images are queued.
@@ -104,6 +107,7 @@ class Result:
   tiles: int  # device calls the image needed (1 when it went through whole)
   queue_s: float  # from submission to the start of its (first) device call
   compute_s: float  # its device calls, summed over its tiles
+  scale: float = 1.0  # the working scale it was de-rained at (infer's `scale`)
 
 
 @dataclasses.dataclass
@@ -165,30 +169,53 @@ class Batcher:
     return [(h, w) for h in sides for w in sides]
 
   def warm_up(self, shapes: Sequence[tuple[int, int]]) -> None:
-    """Compiles the programs for `shapes` and every batch size up to `max_batch` now (before
-    serving), in the calling thread."""
+    """Compiles the programs for `shapes` and every batch size up to `max_batch`, and the
+    one `auto` runs on thumbnails, now (before serving), in the calling thread."""
+    np.asarray(self.derainer.batch(infer.thumbnails(np.zeros((1, 1, 3), np.float32))[0]))
     for h, w in shapes:
       for n in range(1, (1 if self.is_tiled(h, w) else self.max_batch) + 1):
         np.asarray(self.derainer.batch(np.zeros((n, h, w, 3), np.float32)))
 
-  async def derain(self, image: np.ndarray) -> Result:
+  async def derain(self, image: np.ndarray, scale: float | str = 1.0) -> Result:
+    """De-rains `image` at `scale` (infer.Derainer's meaning: 1, a number, or "auto", whose
+    estimate is one whole-image device call on thumbnails)."""
     loop = self._bind()
     if self.max_queue is not None and self.in_flight >= self.max_queue:
       raise QueueFull(f"{self.in_flight} requests in flight, the most this server takes "
                       f"(--max-queue {self.max_queue})")
     self.in_flight += 1
     try:
-      h, w, _ = image.shape
-      # Whole-image numpy work runs off the event loop, which keeps receiving uploads.
-      padded = (await asyncio.to_thread(infer.pad_to_bucket, image, self.tile) if self.buckets
-                else image)
-      submitted = time.perf_counter()
-      if self.is_tiled(*padded.shape[:2]):
-        result = await self._tiled(padded, submitted)
-      else:
-        result = await self._whole(loop, padded, submitted)
+      scale = infer.parse_scale(scale)
+      if scale == infer.AUTO:
+        scale = await self._estimate(image)
+      if scale == 1:
+        return await self._derain(loop, image)
+      small = await asyncio.to_thread(infer.downscale, image, scale)
+      result = await self._derain(loop, small)
+      out = await asyncio.to_thread(infer.transfer_rain, image, small, result.image)
+      return dataclasses.replace(result, image=out, scale=scale)
     finally:
       self.in_flight -= 1
+
+  async def _estimate(self, image: np.ndarray) -> float:
+    crops, index = await asyncio.to_thread(infer.thumbnails, image)
+    async with self._device.use(WHOLE):
+      if self._closed:
+        raise Closed("the server is shutting down")
+      outputs = await self._call(lambda: np.asarray(self.derainer.batch(crops)))
+    scores = await asyncio.to_thread(infer.rain_scores, crops, outputs, index, len(infer.SCALES))
+    return infer.choose_scale(scores)
+
+  async def _derain(self, loop: asyncio.AbstractEventLoop, image: np.ndarray) -> Result:
+    h, w, _ = image.shape
+    # Whole-image numpy work runs off the event loop, which keeps receiving uploads.
+    padded = (await asyncio.to_thread(infer.pad_to_bucket, image, self.tile) if self.buckets
+              else image)
+    submitted = time.perf_counter()
+    if self.is_tiled(*padded.shape[:2]):
+      result = await self._tiled(padded, submitted)
+    else:
+      result = await self._whole(loop, padded, submitted)
     if padded is not image:
       result = dataclasses.replace(result, image=result.image[:h, :w])
     return result

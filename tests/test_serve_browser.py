@@ -3,7 +3,8 @@ as a subprocess on a free 127.0.0.1 port, driven through Debian's headless chrom
 selenium. A rainy photo and a text file named .png are uploaded together through the file
 input; the photo's result read back from the page must equal what the API returns for the
 same upload, the text file must show its error, and the before/after slider must move the
-split. A server started with a token makes the page ask for it before anything is uploaded.
+split. The rain scale chosen on the page is sent with the upload and shown on its card. A
+server started with a token makes the page ask for it before anything is uploaded.
 Screenshots are kept in $SAPNET_TEST_ARTIFACTS (else <repo>/test-artifacts/)."""
 
 import base64
@@ -28,7 +29,7 @@ httpx = pytest.importorskip("httpx", reason="needs httpx (the test extra)")
 from selenium.webdriver.chrome.service import Service  # noqa: E402 - after the skips above
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("SAPNET_TEST_ARTIFACTS") or REPO / "test-artifacts")
 TOKEN = "browser-test-token-0123456789"
@@ -177,3 +178,61 @@ def test_page_asks_for_the_token_then_derains(server_with_token, browser, tmp_pa
       lambda d: d.find_element(By.ID, "model").text.startswith("Model: tiny.npz"))
   assert not browser.find_element(By.ID, "token-form").is_displayed()
   assert TOKEN not in browser.current_url and not browser.get_cookies()
+
+
+def test_rain_scale_control_sends_the_chosen_scale(server, browser, tmp_path):
+  photo = rainy_photo(tmp_path / "phone.jpg")
+  browser.get(server)
+  WebDriverWait(browser, 10).until(
+      lambda d: d.find_element(By.ID, "model").text.startswith("Model: sapnet-rain100h"))
+  control = browser.find_element(By.ID, "scale")
+  assert control.is_displayed() and control.accessible_name == "Rain scale"
+  choices = Select(control)
+  assert [o.get_attribute("value") for o in choices.options] == ["1", "auto", "1.5", "2", "3",
+                                                                 "4"]
+  limits = httpx.get(f"{server}/v1/models", timeout=10).json()["limits"]
+  default = limits["scale"]  # the server's --scale
+  assert control.get_attribute("value") == (default if default == "auto" else f"{default:g}")
+  assert "auto picks a scale" in browser.find_element(By.ID, "scale-hint").text.lower()
+  # By keyboard, as a user without a mouse would: focus the control, pick "2".
+  control.send_keys("2")
+  assert control.get_attribute("value") == "2"
+
+  browser.find_element(By.ID, "files").send_keys(str(photo))
+  card = WebDriverWait(browser, 60).until(lambda d: [
+      c for c in d.find_elements(By.CSS_SELECTOR, "#results .card")
+      if c.get_attribute("data-state") in ("done", "error")])[0]
+  assert card.get_attribute("data-state") == "done", card.text
+  info = card.find_element(By.CLASS_NAME, "info").text
+  assert "scale 2" in info.split(" · ") and "(auto)" not in info, info
+
+  # The download is the server's answer at scale 2, not at full size.
+  link = card.find_element(By.CLASS_NAME, "download")
+  encoded = browser.execute_async_script(FETCH_BLOB, link.get_attribute("href"))
+  assert not encoded.startswith("error"), encoded
+  shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("RGB"))
+  assert shown.shape == (192, 288, 3)
+  at_2 = httpx.post(f"{server}/v1/derain?scale=2", content=photo.read_bytes(), timeout=60)
+  assert at_2.status_code == 200 and at_2.headers["X-Scale"] == "2"
+  np.testing.assert_array_equal(
+      shown, np.asarray(Image.open(io.BytesIO(at_2.content)).convert("RGB")))
+  at_1 = httpx.post(f"{server}/v1/derain?scale=1", content=photo.read_bytes(), timeout=60)
+  assert at_1.status_code == 200
+  assert not np.array_equal(shown, np.asarray(Image.open(io.BytesIO(at_1.content)).convert("RGB")))
+
+  # Auto: the card says what auto chose.
+  choices.select_by_value("auto")
+  browser.find_element(By.ID, "files").send_keys(str(photo))
+  cards = WebDriverWait(browser, 60).until(lambda d: d.find_elements(
+      By.CSS_SELECTOR, "#results .card[data-state=done], #results .card[data-state=error]")
+      if len(d.find_elements(By.CSS_SELECTOR, "#results .card[data-state=done], "
+                             "#results .card[data-state=error]")) == 2 else None)
+  auto_info = cards[1].find_element(By.CLASS_NAME, "info").text
+  assert cards[1].get_attribute("data-state") == "done", cards[1].text
+  assert any(f"scale {s:g} (auto)" in auto_info for s in (1, 1.5, 2, 3, 4)), auto_info
+
+  problems = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+  assert not problems, problems  # the policy refused nothing, nothing failed to load
+  ARTIFACTS.mkdir(parents=True, exist_ok=True)
+  browser.execute_script("window.scrollTo(0, 0)")
+  assert browser.save_screenshot(str(ARTIFACTS / "serve_page_scale.png"))

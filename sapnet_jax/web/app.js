@@ -18,6 +18,7 @@ function authHeaders() {
 
 function askForToken(reason) {
   document.getElementById("drop").hidden = true;
+  document.getElementById("options").hidden = true;
   document.getElementById("token-form").hidden = false;
   const error = document.getElementById("token-error");
   error.textContent = reason || "";
@@ -65,7 +66,7 @@ async function errorReason(xhr) {
   return `HTTP ${xhr.status} ${xhr.statusText || ""}`.trim();
 }
 
-function showResult(card, file, blob, xhr) {
+function showResult(card, file, scale, blob, xhr) {
   const before = URL.createObjectURL(file);
   const after = URL.createObjectURL(blob);
   const stem = stemOf(file.name);
@@ -80,8 +81,11 @@ function showResult(card, file, blob, xhr) {
   const size = xhr.getResponseHeader("X-Image-Size") || "";
   const batch = xhr.getResponseHeader("X-Batch-Size") || "1";
   const timing = /derain;dur=([\d.]+)/.exec(xhr.getResponseHeader("Server-Timing") || "");
+  // The working scale the server used: what was asked for, or what auto chose.
+  const used = xhr.getResponseHeader("X-Scale");
   card.querySelector(".info").textContent = [size, formatBytes(blob.size),
     timing ? `${(Number(timing[1]) / 1000).toFixed(2)} s` : "",
+    used ? `scale ${used}${scale === "auto" ? " (auto)" : ""}` : "",
     batch !== "1" ? `batch of ${batch}` : ""].filter(Boolean).join(" · ");
   const slider = card.querySelector(".slider");
   const split = () => {
@@ -95,11 +99,11 @@ function showResult(card, file, blob, xhr) {
   setState(card, "done", "Done");
 }
 
-function upload(file, card) {
+function upload(file, card, scale) {
   return new Promise((resolve) => {
     const xhr = new XMLHttpRequest();
     const progress = card.querySelector(".upload");
-    xhr.open("POST", "/v1/derain");
+    xhr.open("POST", `/v1/derain?scale=${encodeURIComponent(scale)}`);
     for (const [key, value] of Object.entries(authHeaders())) xhr.setRequestHeader(key, value);
     xhr.responseType = "blob";
     xhr.upload.addEventListener("progress", (e) => {
@@ -111,7 +115,7 @@ function upload(file, card) {
       setState(card, "deraining", "De-raining…");
     });
     xhr.addEventListener("load", async () => {
-      if (xhr.status === 200) showResult(card, file, xhr.response, xhr);
+      if (xhr.status === 200) showResult(card, file, scale, xhr.response, xhr);
       else fail(card, await errorReason(xhr));
       if (xhr.status === 401) askForToken("The server did not accept the token: enter it again.");
       resolve();
@@ -127,15 +131,27 @@ function upload(file, card) {
 
 function pump() {
   while (running < PARALLEL && queue.length) {
-    const { file, card } = queue.shift();
+    const { file, card, scale } = queue.shift();
     running += 1;
-    upload(file, card).finally(() => { running -= 1; pump(); });
+    upload(file, card, scale).finally(() => { running -= 1; pump(); });
   }
 }
 
+// Each photo keeps the scale chosen when it was added, whatever is chosen while it waits.
 function addFiles(files) {
-  for (const file of files) queue.push({ file, card: addCard(file) });
+  const scale = document.getElementById("scale").value;
+  for (const file of files) queue.push({ file, card: addCard(file), scale });
   pump();
+}
+
+// The scale control starts at the server's default (`serve --scale`), which may be a number
+// the list does not offer: it is added then.
+function showScale(value) {
+  if (value === undefined || value === null) return;
+  const select = document.getElementById("scale");
+  const text = String(value);
+  if (![...select.options].some((o) => o.value === text)) select.add(new Option(text, text));
+  select.value = text;
 }
 
 async function showModel() {
@@ -152,6 +168,8 @@ async function showModel() {
     const info = await response.json();
     document.getElementById("token-form").hidden = true;
     document.getElementById("drop").hidden = false;
+    document.getElementById("options").hidden = false;
+    showScale(info.limits.scale);
     const model = info.models[0];
     line.textContent = `Model: ${model.name}${model.description ? ` (${model.description})` : ""}`;
     document.getElementById("limits").textContent =
