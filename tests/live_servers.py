@@ -3,6 +3,7 @@
 random network they serve (quick to compile, so the tests are about the server)."""
 
 import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -12,11 +13,25 @@ import time
 from typing import Callable, Iterator
 
 import httpx
+import numpy as np
 import uvicorn
 from flax import nnx
+from PIL import Image
 
 from conftest import REPO
 from sapnet_jax.models import pdu
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+  """An (H, W, 3) uint8 array as a PNG file's bytes: an upload."""
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def pixels(data: bytes) -> np.ndarray:
+  """An answered image's RGB pixels."""
+  return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 
 from conftest import REPO
 from imagefiles import odd_images
-from live_servers import live, tiny_model
+from live_servers import live, pixels, png_bytes, tiny_model
 from sapnet_jax import checkpoint, infer, models, pretrained, serve, serving
 from sapnet_jax.data.imageio import to_uint8
 from sapnet_jax.serving_batch import Batcher
@@ -51,16 +51,6 @@ def client(model, derainer):
                            derainer=derainer)
   with TestClient(app) as c:  # one event loop for the module, lifespan run
     yield c
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
-def pixels(data: bytes) -> np.ndarray:
-  return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def odd_uploads(folder) -> dict[str, tuple[bytes, tuple[int, int]]]:
@@ -281,7 +271,6 @@ def test_batched_results_equal_single_ones(derainer):
   for image, result in zip(images, results):
     alone = np.asarray(derainer.batch(image[None]))[0]
     np.testing.assert_allclose(result.image, alone, atol=1e-6, rtol=0)
-
 
 
 @pytest.fixture(scope="module")

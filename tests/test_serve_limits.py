@@ -10,7 +10,6 @@ and "stopped" can be told apart by the batcher's device-call count and by CPU ti
 
 import asyncio
 import contextlib
-import io
 import os
 import signal
 import socket
@@ -26,12 +25,11 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from PIL import Image
 from starlette.testclient import TestClient
 
 import live_servers
 from conftest import REPO
-from live_servers import free_port
+from live_servers import free_port, png_bytes
 from sapnet_jax import checkpoint, infer, serve, serving, serving_batch
 from sapnet_jax.models import pdu
 
@@ -51,12 +49,6 @@ def model():
 @pytest.fixture(scope="module")
 def derainer(model):
   return infer.Derainer(model)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
-  return buffer.getvalue()
 
 
 def noise_png(h: int, w: int) -> bytes:
