@@ -7,6 +7,7 @@ prints a markdown table.
     python benchmarks/scale_bench.py --real-grid docs/images/scale_real.jpg
     python benchmarks/scale_bench.py --variants [--images 6]   # ways back to full size
     python benchmarks/scale_bench.py --rescore A.json [B.json ...]   # auto's current rule
+    python benchmarks/scale_bench.py --fit benchmarks/results/scale_calibration.json
 
 Rain: `synth.RAIN100H` magnified by the streak scale s (`synth.magnified`: lengths, widths and
 defocus x s, drops per pixel / s^2), seed 1000 + 10 * image + scale index. Photos: clean_pool
@@ -127,7 +128,7 @@ def run_grid(args) -> dict:
           row["fixed"][f"{f:g}"] = {**score(out, clean), "s_per_mp": sec / mp}
         (energy, coherence), est = timer(("estimate", size),
                                          lambda: derainer.scale_statistics(rainy))
-        chosen = infer.choose_scale(energy * coherence)
+        chosen = infer.choose_scale(energy, coherence)
         row["energy"], row["coherence"] = energy.tolist(), coherence.tolist()
         best = max(row["fixed"], key=lambda f: row["fixed"][f]["psnr"])
         row["oracle"] = {"scale": float(best), **row["fixed"][best]}
@@ -148,13 +149,49 @@ def rescore(rows) -> list[dict]:
   statistics (a fixed scale's result does not depend on the rule, so none is recomputed)."""
   for row in rows:
     energy, coherence = np.array(row["energy"]), np.array(row["coherence"])
-    chosen = infer.choose_scale(energy * coherence)
+    chosen = infer.choose_scale(energy, coherence)
     mp = (row["size"] ** 2) / 1e6
     fixed = row["fixed"][f"{chosen:g}"]
     row["auto"] = {"scale": chosen, "psnr": fixed["psnr"], "ssim": fixed["ssim"],
                    "estimate_s": row["auto"]["estimate_s"],
                    "s_per_mp": fixed["s_per_mp"] + row["auto"]["estimate_s"] / mp}
   return rows
+
+
+def losses(row) -> np.ndarray:
+  """Each fixed scale's PSNR minus the best one's: what `auto`'s regression predicts."""
+  psnr = np.array([row["fixed"][f"{s:g}"]["psnr"] for s in infer.SCALES])
+  return psnr - psnr.max()
+
+
+def ridge(rows, lam: float) -> np.ndarray:
+  x = np.array([infer.scale_features(np.array(r["energy"]), np.array(r["coherence"]))
+                for r in rows])
+  y = np.array([losses(r) for r in rows])
+  return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y).T
+
+
+def fit(rows) -> np.ndarray:
+  """Leave-one-photo-out over ridge strengths, printed, then infer.SCALE_WEIGHTS fitted on
+  every row at lambda 1 (the choice those figures led to)."""
+  photos = sorted({r["photo"] for r in rows})
+  for lam in (0.1, 1.0, 3.0, 10.0, 30.0):
+    lost = {s: [] for s in STREAK_SCALES}
+    for photo in photos:
+      weights = ridge([r for r in rows if r["photo"] != photo], lam)
+      for r in rows:
+        if r["photo"] == photo:
+          chosen = infer.choose_scale(np.array(r["energy"]), np.array(r["coherence"]),
+                                      weights=weights)
+          lost[r["streak_scale"]].append(losses(r)[infer.SCALES.index(chosen)])
+    print(f"lambda {lam:g}: auto - oracle per streak scale " + ", ".join(
+        f"{s:g}: {np.mean(v):+.2f}" for s, v in lost.items() if v))
+  weights = ridge(rows, 1.0)
+  print("SCALE_WEIGHTS = np.array([")
+  for row in weights:
+    print("    [" + ", ".join(f"{w:.3f}" for w in row) + "],")
+  print("])")
+  return weights
 
 
 def summarize(rows, fixed) -> list[dict]:
@@ -354,8 +391,17 @@ def main():
   parser.add_argument("--real-grid", metavar="PNG", default=None)
   parser.add_argument("--variants", action="store_true")
   parser.add_argument("--rescore", nargs="+", metavar="JSON", default=None)
+  parser.add_argument("--fit", nargs="+", metavar="JSON", default=None,
+                      help="fit auto's regression on these (calibration) rows")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
+  if args.fit:
+    rows = []
+    for path in args.fit:
+      with open(path) as f:
+        rows += json.load(f)["rows"]
+    fit(rows)
+    return
   if args.rescore:
     rows = []
     for path in args.rescore:

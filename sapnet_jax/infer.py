@@ -47,14 +47,26 @@ AUTO = "auto"
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
 MAX_SCALE = 16.0
 # `auto` runs the network on THUMB x THUMB crops of the photo shrunk by each candidate scale,
-# at 2 x 2 places (one program for every photo; 20 crops, 0.33 MP in all), and weighs each
-# scale's rain score against SCALE_COST per doubling of the scale and LEAVE_COST for leaving
-# full size (`choose_scale`; chosen on calibration photos the benchmark never scores:
-# docs/scale.md).
+# at 2 x 2 places (one program for every photo; 20 crops, 0.33 MP in all), and predicts from
+# their statistics how many dB each scale loses to the best (`choose_scale`).
 THUMB = 128
 THUMB_GRID = 2
-SCALE_COST = 0.15
-LEAVE_COST = 0.1
+# The prediction: a ridge regression (lambda 1, chosen by leave-one-photo-out) from
+# `scale_features` to each scale's PSNR minus the best scale's, fitted on 15 photos x 5 streak
+# scales of rendered rain that the benchmark never scores: `python benchmarks/scale_bench.py --fit
+# benchmarks/results/scale_calibration.json` prints these rows (docs/scale.md, auto).
+SCALE_WEIGHTS = np.array([
+    [3.656, 0.665, 1.746, -0.778, 0.086, 3.561, 0.563, 1.209, -1.187, -0.134, -1.879, -2.337,
+     -1.645, -1.459, -1.216, -2.134],
+    [-0.056, 2.162, 2.796, 0.357, 0.421, 0.147, 1.136, 1.083, -1.131, -0.949, -1.447, -1.492,
+     -1.079, -1.287, -0.934, -2.008],
+    [-1.910, 1.617, 2.861, 0.729, 0.230, -1.455, 0.726, 1.335, -0.587, -1.023, -1.087, -0.801,
+     -0.570, -0.798, -0.539, -1.626],
+    [-3.101, -0.082, 0.500, 1.032, 0.273, -2.130, -0.131, -0.053, 0.687, -0.503, -0.910,
+     -0.234, -0.138, -0.376, 0.106, 0.137],
+    [-3.146, -0.803, -0.443, 0.352, 0.675, -1.935, -0.315, -0.420, 0.621, 0.082, -1.206,
+     -0.452, -0.233, -0.457, 0.347, 0.988],
+])
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -158,14 +170,6 @@ def thumbnails(image: np.ndarray, scales=SCALES, side: int = THUMB, grid: int = 
   return np.stack(crops), index
 
 
-def rain_scores(crops: np.ndarray, outputs: np.ndarray, index, count: int) -> np.ndarray:
-  """Per scale: the energy of the rain layer the network removed (mean square) times its
-  coherence (how much of its gradient energy lies across one direction: streaks are
-  oriented, texture mistaken for rain is not)."""
-  energy, coherence = rain_statistics(crops, outputs, index, count)
-  return energy * coherence
-
-
 def rain_statistics(crops: np.ndarray, outputs: np.ndarray, index, count: int
                     ) -> tuple[np.ndarray, np.ndarray]:
   """Per scale: (mean square of the removed rain layer, its gradients' coherence in [0, 1])."""
@@ -184,19 +188,23 @@ def rain_statistics(crops: np.ndarray, outputs: np.ndarray, index, count: int
   return energy / np.maximum(pixels, 1), coherence
 
 
-def choose_scale(scores: np.ndarray, scales=SCALES, cost: float = SCALE_COST,
-                 leave: float = LEAVE_COST) -> float:
-  """The scale whose score, as a fraction of the best, minus `cost` per doubling of the scale
-  and `leave` for leaving full size at all, is highest (ties: the smaller). The removed rain
-  grows as the working scale approaches the streaks' and then levels off, while the detail a
-  coarser scale loses keeps growing: a larger scale has to earn its loss of resolution, and
-  the first step away from full size loses the most (docs/scale.md)."""
-  best = float(np.max(scores))
-  if not best > 0:
+def scale_features(energy: np.ndarray, coherence: np.ndarray) -> np.ndarray:
+  """What `choose_scale` reads, per photo: each scale's energy x coherence and energy as
+  fractions of their largest, the coherences, and a constant."""
+  score = energy * coherence
+  return np.concatenate([score / np.max(score), energy / np.max(energy), coherence, [1.0]])
+
+
+def choose_scale(energy: np.ndarray, coherence: np.ndarray, scales=SCALES,
+                 weights: np.ndarray = SCALE_WEIGHTS) -> float:
+  """The scale predicted to lose the fewest dB to the best one. The removed rain grows as the
+  working scale approaches the streaks' and then levels off, while the detail a coarser scale
+  loses keeps growing; where the energy levels off no longer tells how much rain is left, so
+  the trade is learned rather than set by hand (docs/scale.md, auto). No rain found: 1."""
+  if not (np.max(energy) > 0 and np.max(energy * coherence) > 0):
     return float(scales[0])
-  octaves = np.log2(np.asarray(scales, np.float64))
-  gain = np.asarray(scores) / best - cost * octaves - leave * (octaves > 0)
-  return float(scales[int(np.argmax(gain))])
+  predicted = weights @ scale_features(np.asarray(energy), np.asarray(coherence))
+  return float(scales[int(np.argmax(predicted))])
 
 
 class Derainer:
@@ -230,11 +238,7 @@ class Derainer:
 
   def estimate_scale(self, image: np.ndarray) -> float:
     """The working scale `auto` picks for an (H, W, 3) image: one device call on thumbnails."""
-    return choose_scale(self.scale_scores(image))
-
-  def scale_scores(self, image: np.ndarray) -> np.ndarray:
-    """`rain_scores` of an (H, W, 3) image at each of SCALES."""
-    return np.prod(self.scale_statistics(image), axis=0)
+    return choose_scale(*self.scale_statistics(image))
 
   def scale_statistics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`rain_statistics` of an (H, W, 3) image at each of SCALES."""

@@ -203,8 +203,9 @@ class Batcher:
       if self._closed:
         raise Closed("the server is shutting down")
       outputs = await self._call(lambda: np.asarray(self.derainer.batch(crops)))
-    scores = await asyncio.to_thread(infer.rain_scores, crops, outputs, index, len(infer.SCALES))
-    return infer.choose_scale(scores)
+    statistics = await asyncio.to_thread(infer.rain_statistics, crops, outputs, index,
+                                         len(infer.SCALES))
+    return infer.choose_scale(*statistics)
 
   async def _derain(self, loop: asyncio.AbstractEventLoop, image: np.ndarray) -> Result:
     h, w, _ = image.shape

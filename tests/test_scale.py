@@ -1,18 +1,21 @@
 """Scale-aware inference: the working scale, `auto`, the rain-layer transfer, the stages dial."""
 
 import argparse
+import json
+import sys
 
 import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import shared_path
+from conftest import REPO, shared_path
 from sapnet_jax import infer, pretrained
 from sapnet_jax.data import synth
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import msnet, pdu
 from sapnet_jax.utils import flags
 
+BENCHMARKS = REPO / "benchmarks"
 LOCAL = pdu.PDUConfig(attention="none", dilation=False, stages=1, num_blocks=1, channels=4)
 
 
@@ -91,14 +94,26 @@ def test_thumbnails_are_one_shape_for_every_photo():
   assert shapes == {(len(infer.SCALES) * infer.THUMB_GRID**2, infer.THUMB, infer.THUMB, 3)}
 
 
-def test_choose_scale_weighs_rain_found_against_resolution_lost():
-  assert infer.choose_scale(np.array([1.0, 0.5, 0.2, 0.1, 0.1])) == 1.0
-  # 0.85 at full size beats 1.0 at scale 1.5: leaving full size costs more than 0.15 gained.
-  assert infer.choose_scale(np.array([0.85, 1.0, 0.9, 0.8, 0.7])) == 1.0
-  assert infer.choose_scale(np.array([0.5, 1.0, 0.9, 0.8, 0.7])) == 1.5
-  assert infer.choose_scale(np.array([0.1, 0.5, 0.85, 1.0, 0.9])) == 3.0
-  assert infer.choose_scale(np.array([0.1, 0.2, 0.4, 0.8, 1.0])) == 4.0
-  assert infer.choose_scale(np.array([0.0, 0.0, 0.0, 0.0, 0.0])) == 1.0  # no rain found
+def test_choose_scale_follows_where_the_removed_rain_levels_off():
+  coherence = np.full(5, 0.85)
+  def choose(energy):
+    return infer.choose_scale(np.array(energy, np.float64), coherence)
+  assert choose([1.0, 0.5, 0.2, 0.1, 0.1]) == 1.0  # found at full size, less and less after
+  assert choose([1.0, 1.0, 1.0, 1.0, 1.0]) == 1.0  # the same everywhere: keep full size
+  assert choose([0.1, 0.5, 0.85, 1.0, 0.9]) == 3.0
+  assert choose([0.1, 0.2, 0.4, 0.8, 1.0]) == 4.0
+  assert choose([0.0, 0.0, 0.0, 0.0, 0.0]) == 1.0  # no rain found
+
+
+def test_the_shipped_regression_is_what_the_calibration_rows_fit():
+  # infer.SCALE_WEIGHTS must be reproducible from the committed calibration results.
+  rows = json.loads((BENCHMARKS / "results" / "scale_calibration.json").read_text())["rows"]
+  sys.path.insert(0, str(BENCHMARKS))
+  try:
+    import scale_bench
+  finally:
+    sys.path.remove(str(BENCHMARKS))
+  np.testing.assert_allclose(scale_bench.ridge(rows, 1.0), infer.SCALE_WEIGHTS, atol=6e-4)
 
 
 def test_auto_chooses_full_size_for_rain100h(sapnet):
