@@ -53,23 +53,23 @@ def pool_files() -> list[str]:
   return sorted(f for f in os.listdir(POOL) if f.endswith(".jpg"))
 
 
+def min_side(name: str) -> int:
+  with Image.open(os.path.join(POOL, name)) as im:
+    return min(im.size)
+
+
 def calibration(count: int, side: int = 384) -> list[str]:
   files = pool_files()
   held = set(held_out(12, side))
   names = [n for part in CALIBRATION for n in files[part]]
-  return [n for n in dict.fromkeys(names) if n not in held
-          and min(Image.open(os.path.join(POOL, n)).size) >= side][:count]
+  return [n for n in dict.fromkeys(names) if n not in held and min_side(n) >= side][:count]
 
 
 def held_out(count: int, side: int = 384) -> list[str]:
   files = pool_files()
   calibration = set(files[CALIBRATION[0]])
-  chosen = []
-  for name in files[3::12] + files[9::12]:
-    with Image.open(os.path.join(POOL, name)) as im:
-      if min(im.size) >= side and name not in calibration:
-        chosen.append(name)
-  return chosen[:count]
+  return [n for n in files[3::12] + files[9::12]
+          if n not in calibration and min_side(n) >= side][:count]
 
 
 def load_crop(name: str, side: int, size: int) -> np.ndarray:
