@@ -12,9 +12,9 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["sapnet_jax", "sapnet_jax.*"]),
-    package_data={"sapnet_jax": ["weights/*.npz", "weights/LICENSE-*.txt", "iqa_params/*.npz",
-                                 "iqa_params/README.txt", "data/demo_images/*.jpg",
-                                 "data/demo_images/README.md", "web/*"]},
+    package_data={"sapnet_jax": ["weights/*.npz", "weights/LICENSE-*.txt", "metrics/iqa_params/*.npz",
+                                 "metrics/iqa_params/README.txt", "data/demo_images/*.jpg",
+                                 "data/demo_images/README.md", "serving/web/*"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default  # noqa: E402
-from sapnet_jax import xla_options  # noqa: E402
+from sapnet_jax.runtime import xla_options  # noqa: E402
 from sapnet_jax.data import demo, pipeline, prepare  # noqa: E402
 
 

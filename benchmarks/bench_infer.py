@@ -45,7 +45,7 @@ def _jax_forward(form: str, dtype: str, size: int, impl: str = "auto"):
 
 def run_variant(form: str, dtype: str, size: int, repeats: int, impl: str) -> dict:
   import jax
-  from sapnet_jax import xla_options
+  from sapnet_jax.runtime import xla_options
   forward = _jax_forward(form, dtype, size, impl)
   first = _timed(forward)
   times = [_timed(forward) for _ in range(repeats)]
@@ -126,7 +126,7 @@ def main():
     print(json.dumps(result))
     return
   import jax
-  from sapnet_jax import xla_options
+  from sapnet_jax.runtime import xla_options
   report = {"benchmark": "infer", "size": args.size, "repeats": args.repeats,
             "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
             "cpu": xla_options.cpu_description(), "machine": platform.machine(),

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from sapnet_jax import loss_networks, losses, xla_options
+from sapnet_jax.losses import frozen_nets, sapnet
+from sapnet_jax.runtime import xla_options
 
 VARIANTS = {"fp32": dict(perceptual_dtype="float32", remat=False),
             "bf16": dict(perceptual_dtype="bfloat16", remat=False),
@@ -62,12 +63,12 @@ def main() -> None:
                       lpips_weights=str(w / "lpips/alex_v0.1.pth")))
       cfg.update(VARIANTS[variant])
       cfg.update(ONLY[term])
-      frozen = loss_networks.build_frozen_nets(cfg)
+      frozen = frozen_nets.build_frozen_nets(cfg)
 
       @jax.jit
       def step(frozen, d):
         return jax.value_and_grad(
-            lambda d: losses.total_loss(cfg, frozen, d, clean, rainy, epoch=100)[0])(d)
+            lambda d: sapnet.total_loss(cfg, frozen, d, clean, rainy, epoch=100)[0])(d)
 
       t0 = time.perf_counter()
       jax.block_until_ready(step(frozen, derained))

@@ -6,7 +6,7 @@
    -SSIM + L1) as 2 processes x 2 CPU devices (launch/local_multiprocess.sh) and as 1 process
    x 4 CPU devices, same global batch: the median of `train/steps/s` over the logged
    intervals after the first (which holds the compile).
-2. Checkpoint save and restore time (checkpoint.TrainCheckpoints: params, Adam state, configs)
+2. Checkpoint save and restore time (model_files.TrainCheckpoints: params, Adam state, configs)
    of the full SAPNet into a local folder and into a bucket of fake-gcs-server on localhost
    (needs the `test` extra), median of --repeats.
 """
@@ -40,7 +40,7 @@ def step_time(processes: int, devices: int, steps: int, data_dir: str, work: str
            "--logdir", os.path.join(work, "logs"), *flags]
   subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
   wall = time.perf_counter() - start
-  from sapnet_jax import summaries
+  from sapnet_jax.training import summaries
   rates = [r["train/steps/s"] for r in summaries.read_jsonl(work) if "train/steps/s" in r][1:]
   return {"bench": "train_step", "processes": processes, "devices": devices,
           "seconds_per_step": 1.0 / statistics.median(rates), "intervals": len(rates),
@@ -51,14 +51,16 @@ def checkpoint_times(directory: str, repeats: int) -> dict:
   import jax
   from flax import nnx
   from configs import default
-  from sapnet_jax import checkpoint, models, train
+  from sapnet_jax import models
+  from sapnet_jax.training import loop
+  from sapnet_jax.weights import model_files
   config = default.get_config()
   model = models.build(models.config_from_dict(config.model.to_dict()), nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  trainer = train.Trainer(graphdef, config.optim, lambda *a: None, steps_per_epoch=100)
+  trainer = loop.Trainer(graphdef, config.optim, lambda *a: None, steps_per_epoch=100)
   state = trainer.init_state(nnx.to_pure_dict(params))
   rest = state.replace(params=None)
-  ckpts = checkpoint.TrainCheckpoints(directory, keep=2, async_save=False)
+  ckpts = model_files.TrainCheckpoints(directory, keep=2, async_save=False)
   model_config = models.config_to_dict(model.cfg)
   saves, restores = [], []
   for step in range(1, repeats + 1):
@@ -84,7 +86,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--skip-steps", action="store_true", help="checkpoint times only")
   args = parser.parse_args()
-  from sapnet_jax import xla_options
+  from sapnet_jax.runtime import xla_options
   host = {"machine": platform.machine(), "cpu": xla_options.cpu_description()}
   with tempfile.TemporaryDirectory() as tmp:
     if not args.skip_steps:

@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--batch 12] [--patch 100] [--repeats 3] [--torch] [--full]
 
 Each variant runs in a fresh subprocess: SAPNet (official weights) and Adam, one jitted train
-step (sapnet_jax.train.Trainer) on a fixed batch of `batch` x patch x patch, first call
+step (sapnet_jax.training.loop.Trainer) on a fixed batch of `batch` x patch x patch, first call
 (compile + run) and the median of `--repeats` further steps, and the process's peak RSS.
 Variants: the -SSIM loss with a Python loop or lax.scan over stages, each with a kernel set
 (model.impl: reference, cpu, gpu or auto; models/ops.py); `--full` adds the paper's full loss
@@ -13,7 +13,7 @@ tests/fixtures/torch_reference.py) and the JAX loop variant of `--torch-impl` in
 worker processes, one alive at a time (run_torch_pair says why), so that both see the same
 machine in the same run (on a GPU machine both run on the GPU). A `:bfloat16` suffix
 on a variant computes in bfloat16 with float32 parameters. On CPU the JAX workers keep XLA's
-step memory mapped as `python -m sapnet_jax.main` does (sapnet_jax/cpu_memory.py), unless
+step memory mapped as `python -m sapnet_jax.main` does (sapnet_jax/runtime/cpu_memory.py), unless
 `--no-reuse-memory`.
 """
 
@@ -45,7 +45,9 @@ def _jax_step(loss: str, form: str, impl: str, n: int, patch: int, dtype: str = 
   sys.path.insert(0, ROOT)
   from flax import nnx
   from configs import default
-  from sapnet_jax import objectives, pretrained, train
+  from sapnet_jax import pretrained
+  from sapnet_jax.losses import objectives
+  from sapnet_jax.training import loop
   config = default.get_config()
   config.model.scan = form == "scan"
   model = pretrained.load(scan=form == "scan", impl=impl, dtype=dtype)
@@ -58,7 +60,7 @@ def _jax_step(loss: str, form: str, impl: str, n: int, patch: int, dtype: str = 
                        lpips_weights=os.path.join(w, "lpips", "alex_v0.1.pth"), seg_start_epoch=0)
   loss_fn, frozen = objectives.build(config)
   graphdef, params = nnx.split(model)
-  trainer = train.Trainer(graphdef, config.optim, loss_fn, steps_per_epoch=1000)
+  trainer = loop.Trainer(graphdef, config.optim, loss_fn, steps_per_epoch=1000)
   state = [trainer.init_state(nnx.to_pure_dict(params))]
   batch = trainer.global_batch(_batch(n, patch))
 
@@ -78,7 +80,7 @@ def run_variant(loss: str, form: str, impl: str, n: int, patch: int, repeats: in
                 dtype: str = "float32", reuse_memory: bool = True) -> dict:
   import jax
   sys.path.insert(0, ROOT)
-  from sapnet_jax import cpu_memory, xla_options
+  from sapnet_jax.runtime import cpu_memory, xla_options
   # What `python -m sapnet_jax.main` does (its --reuse_cpu_memory flag), before JAX starts.
   reused = reuse_memory and cpu_memory.reuse_step_memory()[0]
   step, resolved = _jax_step(loss, form, impl, n, patch, dtype)
@@ -167,7 +169,7 @@ def main() -> None:
   p.add_argument("--torch-worker", action="store_true", help="internal: time the PyTorch step")
   p.add_argument("--rounds", type=int, default=2, help="--torch: alternations of the two workers")
   p.add_argument("--no-reuse-memory", action="store_true",
-                 help="JAX variants without sapnet_jax.cpu_memory.reuse_step_memory()")
+                 help="JAX variants without sapnet_jax.runtime.cpu_memory.reuse_step_memory()")
   a = p.parse_args()
   if a.only:
     loss, form, impl, *dtype = a.only.split(":")
@@ -181,7 +183,7 @@ def main() -> None:
   if a.full:
     variants.append("full:loop:auto")
   sys.path.insert(0, ROOT)
-  from sapnet_jax import xla_options
+  from sapnet_jax.runtime import xla_options
   out = {"batch": a.batch, "patch": a.patch, "cpu": xla_options.cpu_description(),
          "variants": {}}
 

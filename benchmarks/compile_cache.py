@@ -14,7 +14,7 @@ sensitive than wall time to other jobs on the cores), the seconds JAX spent in i
 compilations (JAX_LOG_COMPILES: "Finished XLA compilation of ... in S sec", summed over the
 programs; a cache hit's is the time to load it) and, after a cold run, the cache's size.
 All runs share one $SAPNET_JAX_CACHE, filled by a first unmeasured run: it holds the measured
-choice of XLA:CPU convolution kernels (sapnet_jax/xla_options.py), which a fresh one would
+choice of XLA:CPU convolution kernels (sapnet_jax/runtime/xla_options.py), which a fresh one would
 measure again (seconds) and might choose differently; each cold cache is a new --compile-cache
 folder.
 """

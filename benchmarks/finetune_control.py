@@ -24,13 +24,14 @@ SHARED = os.path.join(ROOT, "..", "shared")
 
 def _psnr_set(model, samples, torch, dev) -> float:
   """Mean psnr_rgb of the outputs rounded to 8 bits, as `evaluate` scores them."""
-  from sapnet_jax import evaluation, metrics
+  from sapnet_jax.evaluation import scoring
+  from sapnet_jax.metrics import full_reference
   scores = []
   with torch.no_grad():
     for sample in samples:
       x = torch.from_numpy(sample.rainy.transpose(2, 0, 1)[None].copy()).to(dev)
       out = model(x)[0][0].cpu().numpy().transpose(1, 2, 0)
-      scores.append(float(metrics.psnr(evaluation.quantize(out, "round"), sample.clean)))
+      scores.append(float(full_reference.psnr(scoring.quantize(out, "round"), sample.clean)))
   return float(np.mean(scores))
 
 
@@ -54,13 +55,14 @@ def main() -> None:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(*([variant] if variant else []))
-  from sapnet_jax import train
+  from sapnet_jax.training import loop
   from sapnet_jax.data import pipeline
-  train._prepare_datasets(config.data)
-  from sapnet_jax import evaluation, xla_options
+  loop._prepare_datasets(config.data)
+  from sapnet_jax.evaluation import scoring
+  from sapnet_jax.runtime import xla_options
   dev = "cuda" if torch.cuda.is_available() else "cpu"
-  loaders, problems = evaluation.folder_samples(a.rainy, a.clean)
-  evaluation.check_problems(problems, skip_bad=False)
+  loaders, problems = scoring.folder_samples(a.rainy, a.clean)
+  scoring.check_problems(problems, skip_bad=False)
   pairs = [load() for load in loaders]
   weights = os.path.join(SHARED, "weights", "sapnet_official", "net_latest.pth")
   for lr in a.lr:

@@ -9,12 +9,12 @@ prints a markdown table.
     python benchmarks/scale_bench.py --rescore A.json [B.json ...]   # auto's current rule
     python benchmarks/scale_bench.py --fit benchmarks/results/scale_calibration.json
 
-Rain: `synth.RAIN100H` magnified by the streak scale s (`synth.magnified`: lengths, widths and
+Rain: `rain_renderer.RAIN100H` magnified by the streak scale s (`rain_renderer.magnified`: lengths, widths and
 defocus x s, drops per pixel / s^2), seed 1000 + 10 * image + scale index. Photos: clean_pool
 files (../shared) with both sides >= 384, every 12th from the 3rd (the 8 used to calibrate
 `auto`, every 19th from the 1st, are left out), centre-cropped to 384 x 384, and the same
 crops enlarged x2 (Lanczos) for the 768 size. Scores: RGB PSNR/SSIM of the 8-bit result
-(metrics.score_pair), oracle = the best fixed scale per image. Seconds per megapixel of the
+(full_reference.score_pair), oracle = the best fixed scale per image. Seconds per megapixel of the
 input, on this machine's CPU (named in the JSON), the first call of each shape (its compile)
 left out. `--large` runs `python -m sapnet_jax.derain --scale auto` on a 4000 x 3000 photo
 (a clean photo enlarged, rain at --large-scale) in a subprocess and reports its wall time and
@@ -39,8 +39,10 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sapnet_jax import infer, metrics, pretrained, xla_options  # noqa: E402
-from sapnet_jax.data import synth  # noqa: E402
+from sapnet_jax import infer, pretrained  # noqa: E402
+from sapnet_jax.metrics import full_reference
+from sapnet_jax.runtime import xla_options
+from sapnet_jax.data import rain_renderer  # noqa: E402
 
 POOL = os.path.join(ROOT, "..", "shared", "data", "clean_pool")
 STREAK_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -103,7 +105,7 @@ class Timer:
 
 
 def score(out, clean):
-  s = metrics.score_pair(quantized(out), clean)
+  s = full_reference.score_pair(quantized(out), clean)
   return {"psnr": s["psnr_rgb"], "ssim": s["ssim_rgb"]}
 
 
@@ -119,8 +121,8 @@ def run_grid(args) -> dict:
       clean = load_crop(name, 384, size)
       mp = clean.shape[0] * clean.shape[1] / 1e6
       for k, s in enumerate(STREAK_SCALES):
-        rainy, _ = synth.add_rain(clean, seed=1000 + 10 * i + k,
-                                  style=synth.magnified(synth.RAIN100H, s))
+        rainy, _ = rain_renderer.add_rain(clean, seed=1000 + 10 * i + k,
+                                  style=rain_renderer.magnified(rain_renderer.RAIN100H, s))
         row = {"photo": name, "size": size, "streak_scale": s, "rainy": score(rainy, clean),
                "fixed": {}}
         for f in fixed:
@@ -240,7 +242,7 @@ def run_large(args) -> dict:
   clean = load_crop(name, 384, 384)
   big = np.asarray(Image.fromarray((clean * 255).round().astype(np.uint8)).resize(
       (4000, 3000), Image.LANCZOS), np.float32) / 255.0
-  rainy, _ = synth.add_rain(big, seed=7, style=synth.magnified(synth.RAIN100H,
+  rainy, _ = rain_renderer.add_rain(big, seed=7, style=rain_renderer.magnified(rain_renderer.RAIN100H,
                                                                args.large_scale))
   result = {"photo": name, "size": "4000x3000", "streak_scale": args.large_scale}
   with tempfile.TemporaryDirectory() as tmp:
@@ -341,12 +343,12 @@ def run_variants(args) -> dict:
 
   for i, name in enumerate(names):
     clean = load_crop(name, 384, 384)
-    rainy1, _ = synth.add_rain(clean, seed=1000 + 10 * i, style=synth.RAIN100H)
+    rainy1, _ = rain_renderer.add_rain(clean, seed=1000 + 10 * i, style=rain_renderer.RAIN100H)
     add("native result on scale-1 rain (the reference)", score(derainer(rainy1), clean)["psnr"])
     for s in (2.0, 3.0):
       k = STREAK_SCALES.index(s)
-      rainy, _ = synth.add_rain(clean, seed=1000 + 10 * i + k,
-                                style=synth.magnified(synth.RAIN100H, s))
+      rainy, _ = rain_renderer.add_rain(clean, seed=1000 + 10 * i + k,
+                                style=rain_renderer.magnified(rain_renderer.RAIN100H, s))
       shape = infer.scaled_shape(*clean.shape[:2], s)
       full = clean.shape[:2]
       for down_name, down in (("bicubic", bic), ("box", box)):

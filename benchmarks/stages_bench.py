@@ -5,7 +5,7 @@ and the time of a de-raining at each `--stages N`. Writes JSON and prints a mark
 
 Every stage's output is the result `--stages N` gives (stages share weights and a stage never
 looks ahead), so one 6-stage pass per image with `return_stages` scores all of N = 1..6: all
-six conventions (metrics.score_pair) on the 8-bit rounded result, as `evaluate` scores. Time:
+six conventions (full_reference.score_pair) on the 8-bit rounded result, as `evaluate` scores. Time:
 `infer.Derainer(model, stages=N)` on the first image, median of 5 calls after a compile, on
 this machine's CPU (named in the JSON).
 """
@@ -26,7 +26,10 @@ from flax import nnx
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sapnet_jax import evaluation, infer, metrics, models, pretrained, xla_options  # noqa: E402
+from sapnet_jax import infer, models, pretrained  # noqa: E402
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.metrics import full_reference
+from sapnet_jax.runtime import xla_options
 from sapnet_jax.models import ops  # noqa: E402
 
 DATA = os.path.join(ROOT, "..", "shared", "data", "rain100h")
@@ -47,7 +50,7 @@ def main():
   stages = model.cfg.stages
   graphdef, state = nnx.split(model)
   forward = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x, return_stages=True)[1])
-  loaders, problems = evaluation.folder_samples(os.path.join(DATA, "rainy"),
+  loaders, problems = scoring.folder_samples(os.path.join(DATA, "rainy"),
                                                 os.path.join(DATA, "clean"))
   if problems:
     raise SystemExit("\n".join(problems))
@@ -59,7 +62,7 @@ def main():
     first = sample if first is None else first
     outs = np.asarray(forward(state, jnp.asarray(sample.rainy[None])))[:, 0]
     for n in range(stages):
-      per_stage[n].append(metrics.score_pair(evaluation.quantize(outs[n], "round"),
+      per_stage[n].append(full_reference.score_pair(scoring.quantize(outs[n], "round"),
                                              sample.clean))
     if (i + 1) % 10 == 0:
       print(f"{i + 1} images", file=sys.stderr, flush=True)

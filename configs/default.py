@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
       overlap=64,
       skip_bad=False,
   ))
-  # Losses (sapnet_jax/losses.py, paper §3.5). Weights are the official code's effective ones
+  # Losses (sapnet_jax/losses/sapnet.py, paper §3.5). Weights are the official code's effective ones
   # (train2.py: -SSIM + 0.1*(4*PCL) + 0.1*(10*LPIPS) + 0.1*seg); the paper writes
   # lambda = 1, 0.1, 0.1, 0.1 for ssim, seg, pcl, lpisl. Differences: docs/fidelity.md.
   config.loss = ml_collections.ConfigDict(dict(

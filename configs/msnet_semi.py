@@ -4,7 +4,7 @@
     python -m sapnet_jax.main --config=configs/msnet_semi.py:demo --workdir=W   (CPU demo)
 
 The model block maps one to one onto sapnet_jax.models.msnet.MSNetConfig; the loss block is
-read by sapnet_jax.matching_loss (supervised_loss and matching_loss). Paper §4.1 fixes 64x64
+read by sapnet_jax.losses.msnet (supervised_loss and matching_loss). Paper §4.1 fixes 64x64
 patches, Adam with lr 5e-4, batch 16, matching weight ω = 1, 3 scales and 32 channels; the
 other architecture and loss choices are ours (docs/fidelity.md, MSNet). The eval block is
 the default config's (the built Rain100H test split, "rain100h:test"; see configs/default.py).

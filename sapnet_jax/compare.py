@@ -3,7 +3,7 @@
     python -m sapnet_jax.compare --model semi=W1/checkpoints --model supervised=W2/checkpoints \
         --model sapnet=sapnet-rain100h --rainy ../shared/data/real_rainy --out OUT [--clean DIR]
 
-Each model is scored by sapnet_jax.evaluation (NIQE/BRISQUE without --clean, the full-reference
+Each model is scored by sapnet_jax.evaluation.scoring (NIQE/BRISQUE without --clean, the full-reference
 conventions with it) into OUT/<label>/metrics.{json,csv} with its de-rained images in
 OUT/<label>/outputs/. OUT/comparison.json and OUT/comparison.md hold every model's means;
 OUT/grid.png has one row per shown image: rainy | each model | clean (if given), labelled.
@@ -22,9 +22,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sapnet_jax import evaluation, fileio, infer, pretrained
+from sapnet_jax import infer, pretrained
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.utils import fileio
 from sapnet_jax.data import imageio
-from sapnet_jax.fileio import atomic_write
+from sapnet_jax.utils.fileio import atomic_write
 from sapnet_jax.utils import flags
 
 LOWER_IS_BETTER = ("niqe", "brisque", "niqe_input", "brisque_input")
@@ -44,7 +46,7 @@ def parse_model(spec: str) -> tuple[str, str]:
 
 
 def markdown_table(means: dict[str, dict[str, float]]) -> str:
-  keys = [k for k in evaluation.CONVENTIONS if any(k in m for m in means.values())]
+  keys = [k for k in scoring.CONVENTIONS if any(k in m for m in means.values())]
   head = ["model", *(f"{k} {'↓' if k in LOWER_IS_BETTER else '↑'}" for k in keys)]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for label, m in means.items():
@@ -77,26 +79,26 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
   labels = [label for label, _ in models]
   if len(set(labels)) != len(labels):
     raise ValueError(f"--model labels must differ: {labels}")
-  loaders, problems = evaluation.folder_samples(rainy_dir, clean_dir)
-  evaluation.check_problems(problems, skip_bad=False)
+  loaders, problems = scoring.folder_samples(rainy_dir, clean_dir)
+  scoring.check_problems(problems, skip_bad=False)
   names = list(images) or sorted(fileio.basename(p) for p in imageio.list_images(rainy_dir))[:count]
   means, thumbs = {}, {}
   for label, weights in models:
-    grid = evaluation.GridCollector(len(names), names)
+    grid = scoring.GridCollector(len(names), names)
     derainer = infer.Derainer(pretrained.load(weights))
-    reports = evaluation.Reports(fileio.join(out, label, "metrics.json"),
+    reports = scoring.Reports(fileio.join(out, label, "metrics.json"),
                                  fileio.join(out, label, "metrics.csv"),
                                  {"model": label, "weights": weights, "rainy": rainy_dir,
                                   "clean": clean_dir, "quantize": "round", "crop_border": 0})
-    summary = evaluation.score_samples(derainer, loaders, reports, tile=tile, overlap=overlap,
+    summary = scoring.score_samples(derainer, loaders, reports, tile=tile, overlap=overlap,
                                        outputs_dir=fileio.join(out, label, "outputs"),
                                        grid=grid, progress=progress)
     means[label], thumbs[label] = summary["means"], grid.thumbnails()
-    print(f"[{label}] {weights}\n{evaluation.format_table(summary)}")
+    print(f"[{label}] {weights}\n{scoring.format_table(summary)}")
   with atomic_write(fileio.join(out, "comparison.json")) as f:
     f.write(json.dumps({"rainy": rainy_dir, "clean": clean_dir,
                         "models": dict(models), "means": means,
-                        "conventions": {k: evaluation.CONVENTIONS[k]
+                        "conventions": {k: scoring.CONVENTIONS[k]
                                         for k in next(iter(means.values()))}},
                        indent=1).encode())
   with atomic_write(fileio.join(out, "comparison.md")) as f:

@@ -12,7 +12,7 @@ HWIO), which `config.loss.*_weights` can name; those fields also accept the orig
     python -m sapnet_jax.convert --download vgg16 --out vgg16.npz   # fetched, SHA-256 checked
 
 Every tensor of the source must be used and every shape must match; otherwise the error names
-the key. `sapnet_jax.pth` reads .pth/.bin and .safetensors files. SRC and --out may be URIs
+the key. `sapnet_jax.weights.pth` reads .pth/.bin and .safetensors files. SRC and --out may be URIs
 (gs://bucket/...).
 """
 
@@ -28,9 +28,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import checkpoint, download, models
+from sapnet_jax import models
+from sapnet_jax.weights import download, model_files
 from sapnet_jax.models import pdu, vgg
-from sapnet_jax.pth import PthError, load_safetensors, load_state_dict
+from sapnet_jax.weights.pth import PthError, load_safetensors, load_state_dict
 
 GATE_ORDER = ("i", "f", "g", "o")  # order of the fused ConvLSTM gate kernel's output blocks
 
@@ -103,7 +104,7 @@ def pdu_from_state_dict(state_dict: Mapping[str, np.ndarray], cfg: pdu.PDUConfig
       parts.append(f"unused keys: {', '.join(unused)}")
     raise ConversionError(f"state_dict does not match {_describe(cfg)}: " + "; ".join(parts))
   model = nnx.eval_shape(lambda: pdu.PDUNet(cfg, rngs=nnx.Rngs(0)))
-  shapes = {k: v.shape for k, v in checkpoint.flatten(checkpoint.params_dict(model)).items()}
+  shapes = {k: v.shape for k, v in model_files.flatten(model_files.params_dict(model)).items()}
   flat: dict[str, np.ndarray] = {}
   gates: dict[str, list[np.ndarray]] = {"gates/kernel": [], "gates/bias": []}
   for key, (path, fn) in layout.items():
@@ -125,7 +126,7 @@ def pdu_from_state_dict(state_dict: Mapping[str, np.ndarray], cfg: pdu.PDUConfig
       flat[path] = value
   if cfg.recurrent:
     flat.update({path: np.concatenate(parts, axis=-1) for path, parts in gates.items()})
-  return checkpoint.fill_params(model, checkpoint.unflatten(flat), _describe(cfg))
+  return model_files.fill_params(model, model_files.unflatten(flat), _describe(cfg))
 
 
 def _describe(cfg: pdu.PDUConfig) -> str:
@@ -193,8 +194,8 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
   path = str(path)
   if path.endswith(".npz"):  # checked against its digest when it has one (convert writes it)
     try:
-      return checkpoint.read_npz(path)
-    except checkpoint.CheckpointError as e:
+      return model_files.read_npz(path)
+    except model_files.CheckpointError as e:
       raise ConversionError(str(e)) from None
   if path.endswith(".safetensors"):
     return load_safetensors(path)
@@ -349,7 +350,7 @@ def fill_module(module: nnx.Module, flat: Mapping[str, np.ndarray], source: str,
   randomly initialised FPN decoder beside a converted encoder). Names and shapes are checked.
   """
   state = nnx.state(module)
-  current = checkpoint.flatten(nnx.to_pure_dict(state))
+  current = model_files.flatten(nnx.to_pure_dict(state))
   got = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
   unknown = sorted(set(got) - set(current)) + sorted(k for k in flat if not k.startswith(prefix))
   missing = [] if partial else sorted(set(current) - set(got))
@@ -361,7 +362,7 @@ def fill_module(module: nnx.Module, flat: Mapping[str, np.ndarray], source: str,
       raise ConversionError(f"{source}: {k} has shape {np.shape(v)}, the network needs "
                             f"{tuple(current[k].shape)}")
     current[k] = jax.numpy.asarray(v, current[k].dtype)
-  nnx.replace_by_pure_dict(state, checkpoint.unflatten(current))
+  nnx.replace_by_pure_dict(state, model_files.unflatten(current))
   nnx.update(module, state)
   return module
 
@@ -369,7 +370,7 @@ def fill_module(module: nnx.Module, flat: Mapping[str, np.ndarray], source: str,
 def _save_flat(arrays: dict[str, np.ndarray], out: str) -> None:
   if not out.endswith(".npz"):
     raise ConversionError(f"--out {out}: backbone weights are written as a FILE.npz")
-  checkpoint.write_npz(out, arrays)  # with the digest that read_weights verifies
+  model_files.write_npz(out, arrays)  # with the digest that read_weights verifies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
   except (PthError, ConversionError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  checkpoint.save_model(model, args.out)
+  model_files.save_model(model, args.out)
   print(f"wrote {args.out} ({_describe(model.cfg)}, {models.count_params(model):,} parameters)")
   return 0
 

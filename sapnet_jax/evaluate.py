@@ -4,9 +4,9 @@
         [--csv OUT] [--grid OUT.png] [--save-outputs DIR] [--skip-bad] ...
     python -m sapnet_jax.evaluate --weights NAME|PATH --dataset NAME:SPLIT [--data_dir DIR] ...
 
-A thin command over sapnet_jax.evaluation. Images come from two folders paired by file name, or
+A thin command over sapnet_jax.evaluation.scoring. Images come from two folders paired by file name, or
 from a built dataset (sapnet_jax.data.prepare), paired by its builder. With ground truth every
-image gets the six full-reference numbers of sapnet_jax.metrics (each key names its
+image gets the six full-reference numbers of sapnet_jax.metrics.full_reference (each key names its
 convention); without it, NIQE and BRISQUE of the input and of the output. Outputs are
 quantized as saved images are (default: rounded to 8 bits, as `derain` writes them;
 `--quantize floor` reproduces the official test.py, which truncates). Reports are rewritten
@@ -21,7 +21,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from sapnet_jax import evaluation, fileio, infer, pretrained
+from sapnet_jax import infer, pretrained
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.utils import fileio
 from sapnet_jax.data import imageio
 from sapnet_jax.utils import flags
 
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--save-outputs", metavar="DIR", help="also write the de-rained PNGs")
   parser.add_argument("--skip-bad", action="store_true",
                       help="warn about and count bad pairs instead of stopping")
-  parser.add_argument("--quantize", choices=evaluation.QUANTIZE, default="round",
+  parser.add_argument("--quantize", choices=scoring.QUANTIZE, default="round",
                       help="8-bit rounding of outputs before scoring (floor = official test.py)")
   parser.add_argument("--crop-border", type=flags.int_at_least(0), default=0, metavar="N",
                       help="pixels cropped from each side before scoring (BasicSR crop_border)")
@@ -77,36 +79,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.save_outputs, [args.rainy, args.clean])
   try:
     if args.dataset:
-      loaders, problems, source = evaluation.set_samples("dataset", args.dataset, args.data_dir)
+      loaders, problems, source = scoring.set_samples("dataset", args.dataset, args.data_dir)
       source.pop("set")
     else:
-      loaders, problems = evaluation.folder_samples(args.rainy, args.clean)
+      loaders, problems = scoring.folder_samples(args.rainy, args.clean)
       source = {"rainy": args.rainy, "clean": args.clean}
-    evaluation.check_problems(problems, args.skip_bad)
-    derainer = (evaluation.identity if args.weights == "identity"
+    scoring.check_problems(problems, args.skip_bad)
+    derainer = (scoring.identity if args.weights == "identity"
                 else infer.Derainer(pretrained.load(args.weights)))
   except (ValueError, OSError) as e:
     print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
     return 2
-  reports = evaluation.Reports(args.json, args.csv, {
+  reports = scoring.Reports(args.json, args.csv, {
       "weights": args.weights, **source, "quantize": args.quantize,
       "crop_border": args.crop_border})
   reports.skipped.extend(problems)
   names = [n for n in args.grid_images.split(",") if n]
-  grid = evaluation.GridCollector(args.grid_count, names) if args.grid else None
+  grid = scoring.GridCollector(args.grid_count, names) if args.grid else None
   try:
-    summary = evaluation.score_samples(derainer, loaders, reports, tile=args.tile or None,
+    summary = scoring.score_samples(derainer, loaders, reports, tile=args.tile or None,
                                        overlap=args.overlap, quantize_mode=args.quantize,
                                        border=args.crop_border, skip_bad=args.skip_bad,
                                        outputs_dir=args.save_outputs, grid=grid)
-  except evaluation.PairError as e:
+  except scoring.PairError as e:
     print(f"error: {fileio.printable(str(e))} ({len(reports.rows)} images scored before it "
           "are in the reports)", file=sys.stderr)
     return 1
   finally:
     if grid is not None:
       grid.write(args.grid)
-  print(evaluation.format_table(summary))
+  print(scoring.format_table(summary))
   return 0
 
 

@@ -38,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import checkpoint, convert, download, fileio, infer, models, pretrained, pth
+from sapnet_jax import convert, infer, models, pretrained
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import download, model_files, pth
 from sapnet_jax.models import pdu
 from sapnet_jax.utils import flags
 
@@ -344,7 +346,7 @@ def load_weights(name_or_path: str) -> tuple[nnx.Module, str]:
     return pretrained.load(path), path
   except pretrained.UnknownWeightsError as e:
     raise UsageError(f"--weights: {e}") from None
-  except (checkpoint.CheckpointError, convert.ConversionError, pth.PthError, OSError) as e:
+  except (model_files.CheckpointError, convert.ConversionError, pth.PthError, OSError) as e:
     raise UsageError(f"--weights {name_or_path}: {e}") from None
 
 

@@ -35,7 +35,8 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from sapnet_jax import models, xla_options
+from sapnet_jax import models
+from sapnet_jax.runtime import xla_options
 from sapnet_jax.models import ops
 
 DEFAULT_TILE = 512

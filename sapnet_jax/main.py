@@ -15,7 +15,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sapnet_jax import cpu_memory, evaluation, train
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.runtime import cpu_memory
+from sapnet_jax.training import loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory of the experiment's checkpoints and reports.")
@@ -29,7 +31,7 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-host GPU).
 flags.DEFINE_bool("reuse_cpu_memory", True, "On CPU-only runs (JAX_PLATFORMS=cpu, or no GPU/TPU "
                   "plugin installed), keep XLA:CPU's per-step memory mapped between steps "
                   "instead of page-faulting it in every step (Linux with glibc; "
-                  "sapnet_jax/cpu_memory.py says what it costs). Elsewhere it does nothing.")
+                  "sapnet_jax/runtime/cpu_memory.py says what it costs). Elsewhere it does nothing.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:variant]).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -49,9 +51,9 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
   if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif jax.process_index() == 0:  # scoring is one process's work; the others have none
-    evaluation.evaluate_workdir(FLAGS.config, FLAGS.workdir)
+    scoring.evaluate_workdir(FLAGS.config, FLAGS.workdir)
 
 
 def run() -> None:

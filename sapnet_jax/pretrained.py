@@ -25,7 +25,9 @@ from typing import Sequence
 
 from flax import nnx
 
-from sapnet_jax import checkpoint, convert, download, fileio
+from sapnet_jax import convert
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import download, model_files
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 DEFAULT = "sapnet-rain100h"
@@ -107,7 +109,7 @@ def load(name_or_path: str = DEFAULT, **overrides) -> nnx.Module:
   path = resolve(name_or_path)
   if path.endswith(".pth"):
     return convert.load_pth(path, **overrides)
-  return checkpoint.load_model(path, **overrides)
+  return model_files.load_model(path, **overrides)
 
 
 @dataclasses.dataclass(frozen=True)

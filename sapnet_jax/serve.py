@@ -24,10 +24,13 @@ import jax
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sapnet_jax import compile_cache, fileio, infer, pretrained, serving, serving_access
+from sapnet_jax import infer, pretrained
+from sapnet_jax.runtime import compile_cache
+from sapnet_jax.serving import access_rules, web_app
+from sapnet_jax.utils import fileio
 from sapnet_jax.utils import flags
 
-DEFAULTS = serving.Limits()
+DEFAULTS = web_app.Limits()
 DRAIN_S = 10.0  # on SIGTERM: how long requests in progress may finish before they are cancelled
 
 
@@ -63,7 +66,7 @@ class HeadDeadlineProtocol(H11Protocol):
   trickling a body already answered is held open forever, and each counts against
   --max-connections. Here the head must arrive within `header_timeout_s` of the connection
   opening or of the previous answer, else the connection is closed (with a 408 if part of a
-  head came). The body has its own deadline in the app (serving.Limits.body_timeout_s).
+  head came). The body has its own deadline in the app (web_app.Limits.body_timeout_s).
   """
   header_timeout_s = Connections.header_timeout_s
 
@@ -125,7 +128,7 @@ def uvicorn_options(connections: Connections = Connections()) -> dict:
           "h11_max_incomplete_event_size": connections.max_header_bytes}
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, serving.Limits]:
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, web_app.Limits]:
   parser = argparse.ArgumentParser(prog="python -m sapnet_jax.serve", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   flags.add_weights(parser, pretrained.DEFAULT, pretrained.WEIGHTS_HELP)
@@ -138,7 +141,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, serving.
                       "any); by default only localhost, 127.0.0.1, ::1 and the --host address")
   parser.add_argument("--token", metavar="TOKEN",
                       help="require 'Authorization: Bearer TOKEN' on the API (the page asks "
-                      f"for it); visible to other users in ps: prefer ${serving_access.TOKEN_ENV}"
+                      f"for it); visible to other users in ps: prefer ${access_rules.TOKEN_ENV}"
                       " or --token-file")
   parser.add_argument("--token-file", metavar="PATH",
                       help="read the token from the first line of PATH")
@@ -198,11 +201,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, serving.
     parser.error(f"--max-batch must be >= 1, got {args.max_batch}")
   flags.check_tiling(parser, args)
   try:
-    args.access = serving_access.access_for(args.host, args.allow_host, read_token(parser, args))
+    args.access = access_rules.access_for(args.host, args.allow_host, read_token(parser, args))
   except ValueError as e:
     parser.error(str(e))
   try:
-    limits = serving.Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+    limits = web_app.Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels,
                             tile=args.tile or None, overlap=args.overlap,
                             max_batch=args.max_batch or default_max_batch(),
                             batch_wait_ms=args.batch_wait_ms,
@@ -236,10 +239,10 @@ def read_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str
   elif args.token is not None:
     source, token = "--token", args.token
   else:
-    source, token = f"${serving_access.TOKEN_ENV}", os.environ.get(serving_access.TOKEN_ENV)
+    source, token = f"${access_rules.TOKEN_ENV}", os.environ.get(access_rules.TOKEN_ENV)
   if token is not None:
     try:
-      serving_access.check_token(token, source)
+      access_rules.check_token(token, source)
     except ValueError as e:
       parser.error(str(e))
   return token
@@ -254,7 +257,7 @@ def default_max_batch() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
   args, limits = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-  warning = serving_access.exposure_warning(args.host, args.access)
+  warning = access_rules.exposure_warning(args.host, args.access)
   if warning:  # on stderr, before the weights load, so it is seen even if loading fails
     logging.warning(warning)
   if args.no_compile_cache:
@@ -275,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ValueError as e:  # --stages on a model without stages, or more than it has
     print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
     return 2
-  app = serving.create_app(model, name, description=entry.description if entry else None,
+  app = web_app.create_app(model, name, description=entry.description if entry else None,
                            limits=limits, access=args.access, derainer=derainer)
   warm_up(app.state.batcher, args.warmup)
   if not args.no_compile_cache:
@@ -287,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-def warm_up(batcher: serving.Batcher, which: str) -> None:
+def warm_up(batcher: web_app.Batcher, which: str) -> None:
   """Compiles the programs `which` names (--warmup) before the server listens."""
   tile = batcher.tile
   if which == "none" or tile is None:  # --tile 0: no fixed set of sizes to warm

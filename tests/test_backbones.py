@@ -18,7 +18,8 @@ from flax import nnx
 
 from conftest import FIXTURES, shared_path
 from fixtures import numpy_state_dicts
-from sapnet_jax import checkpoint, convert
+from sapnet_jax import convert
+from sapnet_jax.weights import model_files
 from sapnet_jax.models import alexnet, resnet_fpn, vgg
 
 REL = 1e-4
@@ -112,7 +113,7 @@ def test_torchvision_and_timm_resnet_encoders_load(seg_net):
   sd = numpy_state_dicts.resnet_state_dict(seed=0)
   for prefix in ("", "model."):
     flat = convert.resnet_from_state_dict({prefix + k: v for k, v in sd.items()})
-    ref = checkpoint.flatten(nnx.to_pure_dict(nnx.state(seg_net.resnet)))
+    ref = model_files.flatten(nnx.to_pure_dict(nnx.state(seg_net.resnet)))
     assert sorted(flat) == sorted(ref)
     for k in flat:
       np.testing.assert_array_equal(flat[k], np.asarray(ref[k]))
@@ -123,7 +124,7 @@ def test_resnet101_layout_is_complete():
   sd = numpy_state_dicts.resnet_state_dict(resnet_fpn.RESNET_DEPTHS[101], shapes_only=True)
   flat = convert.resnet_from_state_dict(sd)
   net = nnx.eval_shape(lambda: resnet_fpn.ResNet(resnet_fpn.ResNetFPNConfig(), nnx.Rngs(0)))
-  ref = checkpoint.flatten(nnx.to_pure_dict(nnx.state(net)))
+  ref = model_files.flatten(nnx.to_pure_dict(nnx.state(net)))
   assert sorted(flat) == sorted(ref)
   assert all(flat[k].shape == ref[k].shape for k in flat)
   params = sum(int(np.prod(v.shape)) for k, v in sd.items() if "running" not in k

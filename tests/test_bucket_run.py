@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_DEMO
-from sapnet_jax import checkpoint, fileio, summaries
+from sapnet_jax.training import summaries
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import model_files
 
 
 def _main(workdir, data_dir, cache, *extra, steps=4):
@@ -65,10 +67,10 @@ def test_train_resume_evaluate_and_derain_from_a_bucket(gcs_bucket, tmp_path, mo
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (out / "rain-064.png").exists()
-  remote = checkpoint.flatten(checkpoint.params_dict(
-      checkpoint.load_model(f"{work}/checkpoints")))
-  params = checkpoint.flatten(checkpoint.params_dict(checkpoint.load_model(
-      checkpoint.step_dir(fileio.local_copy(f"{work}/checkpoints"), 6))))
+  remote = model_files.flatten(model_files.params_dict(
+      model_files.load_model(f"{work}/checkpoints")))
+  params = model_files.flatten(model_files.params_dict(model_files.load_model(
+      model_files.step_dir(fileio.local_copy(f"{work}/checkpoints"), 6))))
   for key in remote:
     np.testing.assert_array_equal(remote[key], params[key], err_msg=key)
 

@@ -7,7 +7,9 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from sapnet_jax import checkpoint, compare, infer, noref_metrics
+from sapnet_jax import compare, infer
+from sapnet_jax.metrics import no_reference
+from sapnet_jax.weights import model_files
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import msnet, pdu
 
@@ -31,8 +33,8 @@ def models(tmp_path_factory):
                         rngs=nnx.Rngs(0))
   tiny_ms = msnet.MSNet(msnet.MSNetConfig(units=1, channels=4, cclb_depth=1, feature_layers=1),
                         rngs=nnx.Rngs(1))
-  checkpoint.save_model(tiny_pdu, root / "pdu.npz")
-  checkpoint.save_model(tiny_ms, root / "ms" / "checkpoints", step=3)  # a training workdir
+  model_files.save_model(tiny_pdu, root / "pdu.npz")
+  model_files.save_model(tiny_ms, root / "ms" / "checkpoints", step=3)  # a training workdir
   return [("pdu", str(root / "pdu.npz")), ("ms", str(root / "ms" / "checkpoints"))]
 
 
@@ -49,12 +51,12 @@ def test_scores_each_model_and_draws_one_labelled_row_per_image(tmp_path, models
     report = json.loads((out / label / "metrics.json").read_text())
     assert report["count"] == 3 and summary["means"][label] == report["means"]
     # Each model's saved output is its own rounded de-raining, scored by the published NIQE.
-    derainer = infer.Derainer(checkpoint.load_model(path))
+    derainer = infer.Derainer(model_files.load_model(path))
     for row in report["images"]:
       saved = read_image(out / label / "outputs" / row["name"])
       want = np.round(np.clip(derainer(read_image(real / row["name"])), 0, 1) * 255) / 255
       np.testing.assert_allclose(saved, want, atol=1 / 255 + 1e-6)
-      assert row["niqe"] == pytest.approx(noref_metrics.niqe(saved), abs=1e-6)
+      assert row["niqe"] == pytest.approx(no_reference.niqe(saved), abs=1e-6)
   assert summary["means"]["pdu"]["niqe"] != summary["means"]["ms"]["niqe"]
   table = (out / "comparison.md").read_text().splitlines()
   assert table[0].startswith("| model | niqe ↓") and [r.split(" | ")[0] for r in table[2:]] == ["| pdu", "| ms"]

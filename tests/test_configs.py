@@ -119,10 +119,12 @@ def test_every_documented_command_loads_and_builds(path):
 @pytest.mark.parametrize("variant", ["gpu", "cpu"])
 def test_finetune_starts_from_the_shipped_official_weights(variant):
   import numpy as np
-  from sapnet_jax import checkpoint, pretrained, train
+  from sapnet_jax import pretrained
+  from sapnet_jax.training import loop
+  from sapnet_jax.weights import model_files
   config = importlib.import_module("configs.finetune").get_config(variant)
-  got = checkpoint.flatten(checkpoint.params_dict(train.initial_model(config, "cpu")))
-  want = checkpoint.flatten(checkpoint.params_dict(pretrained.load("sapnet-rain100h")))
+  got = model_files.flatten(model_files.params_dict(loop.initial_model(config, "cpu")))
+  want = model_files.flatten(model_files.params_dict(pretrained.load("sapnet-rain100h")))
   assert got.keys() == want.keys()
   for key in want:
     np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, shared_path
-from sapnet_jax import checkpoint, convert, pretrained
+from sapnet_jax import convert, pretrained
+from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
-from sapnet_jax.pth import load_state_dict
+from sapnet_jax.weights.pth import load_state_dict
 
 OFFICIAL = {"sapnet": "weights/sapnet_official/net_latest.pth",
             "prenet": "weights/prenet/Rain100H/PReNet6/net_latest.pth",
@@ -103,7 +104,7 @@ def test_cli_writes_orbax_and_npz(tmp_path, capsys):
   reference = convert.load_pth(src)
   x = np.random.default_rng(1).random((1, 9, 11, 3), dtype=np.float32)
   for path in (tmp_path / "ck", tmp_path / "w.npz"):
-    model = checkpoint.load_model(path)
+    model = model_files.load_model(path)
     assert model.cfg == pdu.PRENET
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(reference(x)))
 
@@ -157,7 +158,7 @@ def test_load_backbone_names_the_file(tmp_path):
 
 def test_download_checks_hash_and_uses_cache(tmp_path, monkeypatch):
   # --download without network: a file:// URL stands for download.pytorch.org.
-  from sapnet_jax import download
+  from sapnet_jax.weights import download
   payload = tmp_path / "remote" / "alex.pth"
   payload.parent.mkdir()
   payload.write_bytes(shared_path("weights/lpips/alex_v0.1.pth").read_bytes())
@@ -194,7 +195,7 @@ def test_torchvision_download_table():
 def test_safetensors_reader(tmp_path):
   import json
   import struct
-  from sapnet_jax.pth import load_safetensors
+  from sapnet_jax.weights.pth import load_safetensors
   a = np.arange(6, dtype=np.float32).reshape(2, 3)
   b = np.array([1.5, -2.0], np.float32)
   b_bf16 = (b.view(np.uint32) >> 16).astype(np.uint16)  # exact in bf16

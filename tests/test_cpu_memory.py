@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from sapnet_jax import cpu_memory
+from sapnet_jax.runtime import cpu_memory
 
 SCRIPT = r"""
 import json, resource, sys
 import jax, jax.numpy as jnp
-from sapnet_jax import cpu_memory
+from sapnet_jax.runtime import cpu_memory
 applied = cpu_memory.reuse_step_memory()[0] if sys.argv[1] == "reuse" else None
 # The gradient of three convolutions: XLA keeps their activations and gradients (17 MB each)
 # in one block of temporaries, above glibc's largest mmap threshold (32 MB).

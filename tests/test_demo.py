@@ -3,7 +3,8 @@
 
 import numpy as np
 
-from sapnet_jax.data import demo, imageio, prepare, synth, synthetic_rain
+from sapnet_jax.data import demo, imageio, prepare
+from sapnet_jax.data import rain_renderer, synthetic_builder
 
 CLEAN = np.random.default_rng(1).random((64, 80, 3)).astype(np.float32) * 0.8
 
@@ -18,15 +19,15 @@ def _orientation(image):
 
 
 def _check_demo_rain(record):
-  """What the demo promises of a shipped pair: the rainy image is synth.add_rain of the stored
-  clean one with the pair's own seed and style (`synthetic_rain.pair_seed`, DRAW_STYLES, no
+  """What the demo promises of a shipped pair: the rainy image is rain_renderer.add_rain of the stored
+  clean one with the pair's own seed and style (`synthetic_builder.pair_seed`, DRAW_STYLES, no
   veil), and it looks like it: grey streaks screen-blended over the photo, falling the way synth
   drew them. The last two hold without synth's code, so a broken synthesizer fails here too."""
   name = record["name"].decode() if isinstance(record["name"], bytes) else str(record["name"])
-  item = {i.name: i for s in synthetic_rain.demo_items(None).values() for i in s}[name]
-  style = synthetic_rain.DRAW_STYLES[item.draw % len(synthetic_rain.DRAW_STYLES)]
-  seed = synthetic_rain.pair_seed(synthetic_rain.SEED, item.source, item.draw)
-  want, params = synth.add_rain(record["clean"], seed, style)
+  item = {i.name: i for s in synthetic_builder.demo_items(None).values() for i in s}[name]
+  style = synthetic_builder.DRAW_STYLES[item.draw % len(synthetic_builder.DRAW_STYLES)]
+  seed = synthetic_builder.pair_seed(synthetic_builder.SEED, item.source, item.draw)
+  want, params = rain_renderer.add_rain(record["clean"], seed, style)
   np.testing.assert_array_equal(record["rainy"], imageio.to_uint8(want), err_msg=name)
   assert params.haze == 0.0, name
   clean, diff = record["clean"].astype(float), record["rainy"].astype(float) - record["clean"]
@@ -51,12 +52,12 @@ def test_demo_items_hold_out_whole_scenes(tmp_path):
   for n in range(12):
     imageio.write_png(tmp_path / f"p{n:02d}.png", CLEAN)
   for clean_dir in (None, str(tmp_path)):
-    items = synthetic_rain.demo_items(clean_dir)
+    items = synthetic_builder.demo_items(clean_dir)
     train = {i.source for i in items["train"]}
     held = {i.source for i in items["validation"]}
     assert train and held and not train & held
     assert "shipped/chelsea.jpg" in held
-  items = synthetic_rain.demo_items(str(tmp_path))
+  items = synthetic_builder.demo_items(str(tmp_path))
   assert {i.source for i in items["validation"]} == {"shipped/chelsea.jpg", "p09.png"}
   assert len(items["train"]) == 2 * (3 + 11) and len(items["validation"]) == 2
 
@@ -86,14 +87,14 @@ def test_rain100h_configs_draw_the_same_scenes_with_rain100h_rain(tmp_path):
   assert b.info.splits["train"].num_examples == 48
   source = b.as_data_source("validation")
   assert [source[i]["name"].decode() for i in range(3)] == [
-      i.name for i in synthetic_rain.demo_items(None)["validation"]]
+      i.name for i in synthetic_builder.demo_items(None)["validation"]]
   train = b.as_data_source("train")
   medians = []
   for i in range(len(train)):
     diff = train[i]["rainy"].astype(int) - train[i]["clean"]
     assert diff.min() >= 0  # added to the stored clean pixels: never darkens
     medians.append(np.median(diff))
-  # Rain100H's median residual is 0.19 of full scale (synth.RAIN100H); the demo's own styles
+  # Rain100H's median residual is 0.19 of full scale (rain_renderer.RAIN100H); the demo's own styles
   # stay far below that.
   assert np.median(medians) > 0.1 * 255, np.median(medians)
   assert "synthetic_rain/pool_rain100h" in prepare.known_datasets()

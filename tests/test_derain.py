@@ -13,7 +13,9 @@ from PIL import Image, ImageCms
 import hostile
 from conftest import REPO, shared_path
 from imagefiles import odd_images
-from sapnet_jax import checkpoint, compile_cache, derain
+from sapnet_jax import derain
+from sapnet_jax.runtime import compile_cache
+from sapnet_jax.weights import model_files
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import pdu
 
@@ -28,7 +30,7 @@ def tiny_weights(tmp_path_factory):
   # A small random model keeps compile times short; the command does not care which.
   path = tmp_path_factory.mktemp("w") / "tiny.npz"
   cfg = pdu.PDUConfig(channels=4, reduction=2, stages=2, num_blocks=2)
-  checkpoint.save_model(pdu.PDUNet(cfg, rngs=nnx.Rngs(0)), path)
+  model_files.save_model(pdu.PDUNet(cfg, rngs=nnx.Rngs(0)), path)
   return str(path)
 
 
@@ -93,7 +95,7 @@ def test_unknown_weights(tmp_path, capsys):
 def test_tiling_flags_match_whole_image_on_local_net(tmp_path, capsys):
   cfg = pdu.PDUConfig(attention="none", dilation=False, stages=1, num_blocks=1, channels=4)
   weights = tmp_path / "local.npz"
-  checkpoint.save_model(pdu.PDUNet(cfg, rngs=nnx.Rngs(0)), weights)
+  model_files.save_model(pdu.PDUNet(cfg, rngs=nnx.Rngs(0)), weights)
   Image.fromarray(RNG.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "big.png")
   overlap = 4 * cfg.receptive_radius + 4
   for name, flags in (("whole", ["--tile", "0"]), ("tiled", ["--tile", str(overlap + 8), "--overlap", str(overlap)])):

@@ -11,7 +11,10 @@ from flax import nnx
 from PIL import Image
 
 from conftest import REPO, shared_path
-from sapnet_jax import checkpoint, evaluate, evaluation, infer, metrics
+from sapnet_jax import evaluate, infer
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.metrics import full_reference
+from sapnet_jax.weights import model_files
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import pdu
 
@@ -22,7 +25,7 @@ RNG = np.random.default_rng(3)
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
   path = tmp_path_factory.mktemp("w") / "tiny.npz"
-  checkpoint.save_model(pdu.PDUNet(CFG, rngs=nnx.Rngs(0)), path)
+  model_files.save_model(pdu.PDUNet(CFG, rngs=nnx.Rngs(0)), path)
   return str(path)
 
 
@@ -49,19 +52,19 @@ def test_reports_and_values(tmp_path, weights, capsys):
   assert _run(tmp_path, weights, "--grid", str(tmp_path / "g.png"), "--grid-count", "2") == 0
   report = json.loads((tmp_path / "r.json").read_text())
   assert report["complete"] and report["count"] == 4 and not report["skipped"]
-  assert set(report["means"]) == set(metrics.KEYS) and set(report["conventions"]) == set(metrics.KEYS)
+  assert set(report["means"]) == set(full_reference.KEYS) and set(report["conventions"]) == set(full_reference.KEYS)
   # Each row equals scoring the rounded output of the same model independently.
-  derainer = infer.Derainer(checkpoint.load_model(weights))
+  derainer = infer.Derainer(model_files.load_model(weights))
   for row in report["images"]:
     x = read_image(rainy / row["name"])
     out = np.round(np.clip(derainer(x), 0, 1) * 255) / 255
-    want = metrics.score_pair(out, read_image(clean / row["name"].replace("rain-", "norain-")))
-    for k in metrics.KEYS:
+    want = full_reference.score_pair(out, read_image(clean / row["name"].replace("rain-", "norain-")))
+    for k in full_reference.KEYS:
       assert row[k] == pytest.approx(want[k], abs=1e-9)
-  for k in metrics.KEYS:
+  for k in full_reference.KEYS:
     assert report["means"][k] == pytest.approx(np.mean([r[k] for r in report["images"]]))
   rows = list(csv.DictReader(open(tmp_path / "r.csv")))
-  assert len(rows) == 4 and set(metrics.KEYS) <= set(rows[0])
+  assert len(rows) == 4 and set(full_reference.KEYS) <= set(rows[0])
   grid = Image.open(tmp_path / "g.png")
   assert grid.height == 2 * 204 and grid.width == 3 * (round(30 * 200 / 24) + 4)
   assert "psnr_rgb" in capsys.readouterr().out
@@ -135,19 +138,19 @@ def _run_noref(folder, out, *extra):
 
 
 def test_noref_reports_niqe_and_brisque(tmp_path, capsys):
-  from sapnet_jax import noref_metrics
+  from sapnet_jax.metrics import no_reference
   folder = _photos(tmp_path / "real")
   assert _run_noref(folder, tmp_path) == 0
   report = json.loads((tmp_path / "r.json").read_text())
   assert report["complete"] and report["count"] == 2 and not report["skipped"]
-  assert set(report["means"]) == set(evaluation.NOREF_KEYS) == set(report["conventions"])
+  assert set(report["means"]) == set(scoring.NOREF_KEYS) == set(report["conventions"])
   for row in report["images"]:
     image = read_image(folder / row["name"])
     # identity + rounding to 8 bits reproduces the input, so every value is that of the file.
-    assert row["niqe"] == noref_metrics.niqe(image) == row["niqe_input"]
-    assert row["brisque"] == noref_metrics.brisque(image) == row["brisque_input"]
+    assert row["niqe"] == no_reference.niqe(image) == row["niqe_input"]
+    assert row["brisque"] == no_reference.brisque(image) == row["brisque_input"]
   assert report["images"][0]["niqe"] != report["images"][1]["niqe"]
-  for k in evaluation.NOREF_KEYS:
+  for k in scoring.NOREF_KEYS:
     assert report["means"][k] == pytest.approx(np.mean([r[k] for r in report["images"]]))
   rows = list(csv.DictReader(open(tmp_path / "r.csv")))
   assert [r["name"] for r in rows] == ["photo-0.png", "photo-1.png"]
@@ -156,7 +159,7 @@ def test_noref_reports_niqe_and_brisque(tmp_path, capsys):
 
 
 def test_noref_crop_border_and_too_small(tmp_path, capsys):
-  from sapnet_jax import noref_metrics
+  from sapnet_jax.metrics import no_reference
   folder = _photos(tmp_path / "real", sizes=((120, 210), (60, 80)))
   assert _run_noref(folder, tmp_path, "--crop-border", "4") == 1
   assert "photo-1.png: niqe: the image must hold two 96x96 blocks" in capsys.readouterr().err
@@ -164,14 +167,14 @@ def test_noref_crop_border_and_too_small(tmp_path, capsys):
   report = json.loads((tmp_path / "r.json").read_text())
   assert report["count"] == 1 and "photo-1.png" in report["skipped"][0]
   image = read_image(folder / "photo-0.png")
-  assert report["images"][0]["niqe"] == noref_metrics.niqe(image, crop_border=4)
-  assert report["images"][0]["niqe"] != noref_metrics.niqe(image)
-  assert report["images"][0]["brisque"] == noref_metrics.brisque(image[4:-4, 4:-4])
+  assert report["images"][0]["niqe"] == no_reference.niqe(image, crop_border=4)
+  assert report["images"][0]["niqe"] != no_reference.niqe(image)
+  assert report["images"][0]["brisque"] == no_reference.brisque(image[4:-4, 4:-4])
 
 
 def _workdir(tmp_path, step):
   model = pdu.PDUNet(CFG, rngs=nnx.Rngs(1))
-  checkpoint.save_model(model, tmp_path / "w" / "checkpoints", step=step)
+  model_files.save_model(model, tmp_path / "w" / "checkpoints", step=step)
   return tmp_path / "w"
 
 
@@ -197,10 +200,10 @@ def test_eval_step_selection(tmp_path):
   config = importlib.import_module("configs.default").get_config()
   config.eval.sets = {"rain100h": {"rainy": str(rainy), "clean": str(clean)}}
   config.eval.step = 4
-  with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint at step 4; available steps: \[3\]"):
-    evaluation.evaluate_workdir(config, str(workdir))
+  with pytest.raises(model_files.CheckpointError, match=r"no checkpoint at step 4; available steps: \[3\]"):
+    scoring.evaluate_workdir(config, str(workdir))
   config.eval.step = 3
-  assert evaluation.evaluate_workdir(config, str(workdir))["rain100h"]["count"] == 4
+  assert scoring.evaluate_workdir(config, str(workdir))["rain100h"]["count"] == 4
 
 
 def test_official_weights_on_rain100h_subset(tmp_path):
@@ -211,7 +214,7 @@ def test_official_weights_on_rain100h_subset(tmp_path):
       (tmp_path / sub / n).write_bytes((src / n).read_bytes())
   assert _run(tmp_path, "sapnet-rain100h") == 0
   report = json.loads((tmp_path / "r.json").read_text())
-  input_psnr = [metrics.score_pair(read_image(rainy / n), read_image(clean / n))["psnr_rgb"]
+  input_psnr = [full_reference.score_pair(read_image(rainy / n), read_image(clean / n))["psnr_rgb"]
                 for n in ("001.png", "002.png")]
   assert report["means"]["psnr_rgb"] > np.mean(input_psnr) + 8
 
@@ -248,7 +251,7 @@ def test_dataset_form_scores_what_the_folder_form_scores(rain100h_subset, tmp_pa
   folder, dataset = _rows(tmp_path / "f.json"), _rows(tmp_path / "d.json")
   assert len(folder) == 3 and sorted(folder) == sorted(dataset)
   for name, row in folder.items():
-    for key in metrics.KEYS:
+    for key in full_reference.KEYS:
       assert dataset[name][key] == row[key], (name, key)
   assert json.loads((tmp_path / "d.json").read_text())["dataset"] == "rain100h:test"
 
@@ -277,7 +280,7 @@ def test_main_eval_scores_pretrained_weights_without_a_checkpoint(rain100h_subse
   got, want = _rows(report), _rows(tmp_path / "f.json")
   assert sorted(got) == sorted(want) and len(got) == 3
   for name, row in want.items():
-    for key in metrics.KEYS:
+    for key in full_reference.KEYS:
       assert got[name][key] == pytest.approx(row[key], abs=1e-9), (name, key)
 
 

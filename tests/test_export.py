@@ -29,7 +29,9 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from sapnet_jax import checkpoint, export, fileio, infer, models, pretrained
+from sapnet_jax import export, infer, models, pretrained
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import model_files
 from sapnet_jax.models import msnet, pdu
 
 EXAMPLE = REPO / "examples" / "run_stablehlo.py"
@@ -49,7 +51,7 @@ def tiny_weights(tmp_path_factory):
   # exports must switch it to "reference" themselves.
   path = tmp_path_factory.mktemp("w") / "tiny.npz"
   cfg = pdu.PDUConfig(channels=4, reduction=2, stages=2, num_blocks=2, impl="cpu")
-  checkpoint.save_model(pdu.PDUNet(cfg, rngs=nnx.Rngs(0)), path)
+  model_files.save_model(pdu.PDUNet(cfg, rngs=nnx.Rngs(0)), path)
   return str(path)
 
 

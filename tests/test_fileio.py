@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from sapnet_jax import fileio
+from sapnet_jax.utils import fileio
 
 
 def test_uris_are_never_made_local():
@@ -106,7 +106,7 @@ def test_atomic_write_never_follows_a_planted_symlink(tmp_path, monkeypatch):
 
 _WRITER = """
 import signal, sys, time
-from sapnet_jax import fileio
+from sapnet_jax.utils import fileio
 if sys.argv[2] == "own-handler":  # a handler the program set before (uvicorn's, absl's)
   def handler(signum, frame):
     open(sys.argv[3], "w").close()

@@ -11,7 +11,7 @@ from flax import nnx
 
 import hostile
 from conftest import REPO
-from sapnet_jax import checkpoint
+from sapnet_jax.weights import model_files
 from sapnet_jax.data import imageio
 from sapnet_jax.models import pdu
 
@@ -40,7 +40,7 @@ def test_derain_command_on_the_corpus(tmp_path):
   (folder / hostile.FORGING_NAME).write_bytes(hostile.truncated(hostile.png(32, 32)))
   (folder / "good.png").write_bytes(hostile.png())
   weights = tmp_path / "tiny.npz"
-  checkpoint.save_model(pdu.PDUNet(pdu.PDUConfig(channels=4, reduction=2, stages=2,
+  model_files.save_model(pdu.PDUNet(pdu.PDUConfig(channels=4, reduction=2, stages=2,
                                                  num_blocks=2), rngs=nnx.Rngs(0)), weights)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "SAPNET_JAX_CPU_CONVS": "default"}
   proc = subprocess.run(

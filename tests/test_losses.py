@@ -19,7 +19,8 @@ from flax import nnx
 from conftest import FIXTURES, shared_path
 from fixtures import numpy_state_dicts
 from configs import default
-from sapnet_jax import checkpoint, convert, loss_networks, losses
+from sapnet_jax import convert
+from sapnet_jax.losses import frozen_nets, sapnet
 from sapnet_jax.models import alexnet, resnet_fpn, vgg
 
 FX = np.load(FIXTURES / "loss_parity.npz")
@@ -36,9 +37,9 @@ def pair_batches():
 
 def test_ssim_matches_official_pytorch_ssim():
   x, y = pair_batches()
-  ours = np.array([float(losses.ssim(x[i:i + 1], y[i:i + 1])) for i in range(len(PAIRS))])
+  ours = np.array([float(sapnet.ssim(x[i:i + 1], y[i:i + 1])) for i in range(len(PAIRS))])
   np.testing.assert_allclose(ours, FX["ssim"], rtol=0, atol=1e-5)
-  assert float(losses.ssim_loss(x[:1], x[:1])) == pytest.approx(-1.0, abs=1e-6)
+  assert float(sapnet.ssim_loss(x[:1], x[:1])) == pytest.approx(-1.0, abs=1e-6)
 
 
 def test_ssim_on_non_square_images_matches_a_direct_2d_window():
@@ -59,7 +60,7 @@ def test_ssim_on_non_square_images_matches_a_direct_2d_window():
   s11, s22, s12 = blur(x * x) - mu1**2, blur(y * y) - mu2**2, blur(x * y) - mu1 * mu2
   c1, c2 = 0.01**2, 0.03**2
   ref = np.mean((2 * mu1 * mu2 + c1) * (2 * s12 + c2) / ((mu1**2 + mu2**2 + c1) * (s11 + s22 + c2)))
-  assert float(losses.ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))) == (
+  assert float(sapnet.ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))) == (
       pytest.approx(ref, abs=1e-5))
 
 
@@ -83,11 +84,11 @@ def loss_config(weights, **overrides):
 def test_lpips_matches_lpips_package(weights, net):
   cfg = loss_config(weights, lpips_net=net, lpips_weights=weights[f"lpips_{net}"],
                     contrast="none")
-  frozen = loss_networks.build_frozen_nets(cfg)
+  frozen = frozen_nets.build_frozen_nets(cfg)
   trunk = frozen.vgg if net == "vgg" else frozen.alexnet
   x, y = pair_batches()
   heads = frozen.lpips_heads.as_dict()
-  f = jax.jit(lambda x, y, size: losses.lpips(trunk, heads, x, y, net=net, size=size),
+  f = jax.jit(lambda x, y, size: sapnet.lpips(trunk, heads, x, y, net=net, size=size),
               static_argnums=2)
   np.testing.assert_allclose(f(x, y, None), FX[f"lpips_{net}"], rtol=0, atol=1e-4)
   # The paper's whole-image variant: resized to 256x256 (bilinear upsampling as PyTorch's).
@@ -99,7 +100,7 @@ def test_seg_focal_matches_official_focal_loss():
   net = nnx.eval_shape(lambda: resnet_fpn.ResNetFPN(cfg, rngs=nnx.Rngs(0)))
   net = convert.fill_module(net, convert.fpn_from_state_dict(numpy_state_dicts.fpn_state_dict(seed=0)), "t")
   x = FX["clean"][:2].astype(np.float32) / 255.0
-  ours = float(jax.jit(lambda x: losses.seg_focal(net, x))(x))
+  ours = float(jax.jit(lambda x: sapnet.seg_focal(net, x))(x))
   assert ours == pytest.approx(float(FX["fpn/focal"]), rel=1e-4)
 
 
@@ -112,11 +113,11 @@ def setup():
   cfg.update(dict(lpips_size=64, seg_weight=0.1))
   widths = (4, 4, 4, 4, 4)
   rngs = nnx.Rngs(0)
-  heads = loss_networks.LPIPSHeads({f"lin{k}": np.full(4, 0.1, np.float32) for k in range(5)})
-  frozen = loss_networks.FrozenNets(
+  heads = frozen_nets.LPIPSHeads({f"lin{k}": np.full(4, 0.1, np.float32) for k in range(5)})
+  frozen = frozen_nets.FrozenNets(
       vgg.VGG16Features(last="relu4_3", widths=widths, rngs=rngs),
       alexnet.AlexNetFeatures(widths=widths, rngs=rngs), heads,
-      loss_networks.build_seg_net(TINY_SEG, None, seed=0))
+      frozen_nets.build_seg_net(TINY_SEG, None, seed=0))
   rng = np.random.default_rng(0)
   clean = rng.uniform(0.1, 0.9, (2, 32, 32, 3)).astype(np.float32)
   rainy = np.clip(clean + rng.uniform(0, 0.4, clean.shape), 0, 1).astype(np.float32)
@@ -126,7 +127,7 @@ def setup():
 
 def test_total_loss_terms_and_weights(setup):
   cfg, frozen, d, c, r = setup
-  total, terms = jax.jit(lambda fr, d, e: losses.total_loss(cfg, fr, d, c, r, epoch=e))(
+  total, terms = jax.jit(lambda fr, d, e: sapnet.total_loss(cfg, fr, d, c, r, epoch=e))(
       frozen, d, jnp.int32(60))
   assert sorted(terms) == ["lpips", "pcl", "seg", "ssim"]
   expected = (cfg.ssim_weight * terms["ssim"] + cfg.contrast_weight * terms["pcl"]
@@ -134,13 +135,13 @@ def test_total_loss_terms_and_weights(setup):
   assert float(total) == pytest.approx(float(expected), rel=1e-6)
   assert -1 < float(terms["ssim"]) < 0 and float(terms["pcl"]) > 0 and float(terms["seg"]) > 0
   # Before config.loss.seg_start_epoch (official: epoch > 50) the seg term is 0, also traced.
-  _, early = jax.jit(lambda fr, d, e: losses.total_loss(cfg, fr, d, c, r, epoch=e))(
+  _, early = jax.jit(lambda fr, d, e: sapnet.total_loss(cfg, fr, d, c, r, epoch=e))(
       frozen, d, jnp.int32(50))
   assert float(early["seg"]) == 0.0
   assert float(early["pcl"]) == pytest.approx(float(terms["pcl"]), rel=1e-6)
   # Training passes fractional epochs (step / steps per epoch); a fractional start is honoured.
   cfg_frac = ml_collections.ConfigDict({**cfg.to_dict(), "seg_start_epoch": 1.5})
-  step = jax.jit(lambda fr, d, e: losses.total_loss(cfg_frac, fr, d, c, r, epoch=e)[1]["seg"])
+  step = jax.jit(lambda fr, d, e: sapnet.total_loss(cfg_frac, fr, d, c, r, epoch=e)[1]["seg"])
   assert float(step(frozen, d, jnp.float32(1.49))) == 0.0
   assert float(step(frozen, d, jnp.float32(1.5))) == pytest.approx(float(terms["seg"]), rel=1e-5)
 
@@ -149,7 +150,7 @@ def test_every_term_has_finite_nonzero_gradients(setup):
   cfg, frozen, d, c, r = setup
 
   def terms(d):
-    _, t = losses.total_loss(cfg, frozen, d, c, r, epoch=100)
+    _, t = sapnet.total_loss(cfg, frozen, d, c, r, epoch=100)
     return jnp.stack([t[k] for k in ("ssim", "pcl", "lpips", "seg")])
 
   grads = np.asarray(jax.jit(jax.jacrev(terms))(d))
@@ -167,7 +168,7 @@ def test_frozen_nets_get_no_gradient_and_no_update(setup):
   @nnx.jit
   def step(model, optimizer, frozen):
     def loss_fn(model, frozen):
-      return losses.total_loss(cfg, frozen, model(r), c, r, epoch=100)
+      return sapnet.total_loss(cfg, frozen, model(r), c, r, epoch=100)
     (_, terms), (g_model, g_frozen) = nnx.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         model, frozen)
     optimizer.update(model, g_model)
@@ -189,18 +190,18 @@ def test_frozen_nets_get_no_gradient_and_no_update(setup):
 
 def test_seg_term_is_fixed_across_calls_and_builds(setup):
   cfg, frozen, d, c, r = setup
-  f = jax.jit(lambda fr, d: losses.total_loss(cfg, fr, d, c, r, epoch=100)[1]["seg"])
+  f = jax.jit(lambda fr, d: sapnet.total_loss(cfg, fr, d, c, r, epoch=100)[1]["seg"])
   a, b = float(f(frozen, d)), float(f(frozen, d))
   assert a == b
-  again = loss_networks.build_seg_net(TINY_SEG, None, seed=0)
-  assert float(jax.jit(lambda x: losses.seg_focal(again, x))(d)) == pytest.approx(a / 1, rel=1e-6)
-  other = loss_networks.build_seg_net(TINY_SEG, None, seed=1)
-  assert float(jax.jit(lambda x: losses.seg_focal(other, x))(d)) != pytest.approx(a, rel=1e-6)
+  again = frozen_nets.build_seg_net(TINY_SEG, None, seed=0)
+  assert float(jax.jit(lambda x: sapnet.seg_focal(again, x))(d)) == pytest.approx(a / 1, rel=1e-6)
+  other = frozen_nets.build_seg_net(TINY_SEG, None, seed=1)
+  assert float(jax.jit(lambda x: sapnet.seg_focal(other, x))(d)) != pytest.approx(a, rel=1e-6)
 
 
 def test_build_frozen_nets_resnet101_random_is_logged(weights, caplog):
   cfg = loss_config(weights, contrast="none", lpips_weight=0.0, seg_weight=0.1)
-  frozen = loss_networks.build_frozen_nets(cfg)
+  frozen = frozen_nets.build_frozen_nets(cfg)
   assert frozen.vgg is None and frozen.alexnet is None and frozen.lpips_heads is None
   assert len(frozen.seg.resnet.layer3) == 23
   assert "random" in frozen.notes[0] and "seg_encoder_weights" in caplog.text
@@ -210,7 +211,7 @@ def test_build_frozen_nets_resnet101_random_is_logged(weights, caplog):
 
 def test_bad_images_are_named(setup):
   cfg, frozen, d, c, r = setup
-  call = lambda d=d, c=c, r=r: losses.total_loss(cfg, frozen, d, c, r, epoch=0)  # noqa: E731
+  call = lambda d=d, c=c, r=r: sapnet.total_loss(cfg, frozen, d, c, r, epoch=0)  # noqa: E731
   with pytest.raises(ValueError, match="clean has shape"):
     call(c=c[:, :16])
   with pytest.raises(ValueError, match=r"rainy must have shape \(N, H, W, 3\)"):
@@ -227,33 +228,33 @@ def test_nonfinite_output_reaches_the_terms(setup):
   cfg, frozen, d, c, r = setup
   # Under jit nothing can be checked eagerly: a NaN in the output reaches the terms, which the
   # trainer checks after each step and names (tests/test_train_step.py).
-  _, terms = jax.jit(lambda d: losses.total_loss(cfg, frozen, d, c, r, epoch=0))(
+  _, terms = jax.jit(lambda d: sapnet.total_loss(cfg, frozen, d, c, r, epoch=0))(
       jnp.asarray(d).at[0, 0, 0, 0].set(jnp.nan))
   assert not np.isfinite(float(terms["ssim"]))
 
 
 def test_config_errors_name_the_field(weights):
-  with pytest.raises(losses.LossConfigError, match="config.loss.vgg_weights is None"):
-    loss_networks.build_frozen_nets(loss_config(weights, vgg_weights=None))
-  with pytest.raises(losses.LossConfigError, match="config.loss.lpips_net"):
-    loss_networks.build_frozen_nets(loss_config(weights, lpips_net="squeeze"))
-  with pytest.raises(losses.LossConfigError, match="lpips_weights does not match"):
-    loss_networks.build_frozen_nets(loss_config(weights, lpips_net="vgg", contrast="none"))
-  with pytest.raises(losses.LossConfigError, match="config.loss.contrast"):
-    loss_networks.build_frozen_nets(loss_config(weights, contrast="l2"))
+  with pytest.raises(sapnet.LossConfigError, match="config.loss.vgg_weights is None"):
+    frozen_nets.build_frozen_nets(loss_config(weights, vgg_weights=None))
+  with pytest.raises(sapnet.LossConfigError, match="config.loss.lpips_net"):
+    frozen_nets.build_frozen_nets(loss_config(weights, lpips_net="squeeze"))
+  with pytest.raises(sapnet.LossConfigError, match="lpips_weights does not match"):
+    frozen_nets.build_frozen_nets(loss_config(weights, lpips_net="vgg", contrast="none"))
+  with pytest.raises(sapnet.LossConfigError, match="config.loss.contrast"):
+    frozen_nets.build_frozen_nets(loss_config(weights, contrast="l2"))
 
 
 def test_l1_contrastive_and_no_cl():
   from configs import contrast_ablation
   x = np.full((1, 8, 8, 3), 0.5, np.float32)
-  assert float(losses.l1_contrastive(x, x + 0.1, x + 0.3)) == pytest.approx(1 / 3, rel=1e-5)
+  assert float(sapnet.l1_contrastive(x, x + 0.1, x + 0.3)) == pytest.approx(1 / 3, rel=1e-5)
   cfg = contrast_ablation.get_config("l1_cl").loss
   cfg.update(dict(lpips_weight=0.0, seg_weight=0.0))
-  total, terms = losses.total_loss(cfg, loss_networks.build_frozen_nets(cfg), x, x + 0.1, x + 0.3)
+  total, terms = sapnet.total_loss(cfg, frozen_nets.build_frozen_nets(cfg), x, x + 0.1, x + 0.3)
   assert sorted(terms) == ["l1_cl", "ssim"]
   cfg = contrast_ablation.get_config("no_cl").loss
   cfg.update(dict(lpips_weight=0.0, seg_weight=0.0))
-  assert sorted(losses.total_loss(cfg, loss_networks.build_frozen_nets(cfg), x, x, x)[1]) == ["ssim"]
+  assert sorted(sapnet.total_loss(cfg, frozen_nets.build_frozen_nets(cfg), x, x, x)[1]) == ["ssim"]
 
 
 def test_pixel_l1_term_of_the_demo_config():
@@ -262,7 +263,7 @@ def test_pixel_l1_term_of_the_demo_config():
   rng = np.random.default_rng(0)
   clean = rng.uniform(0.2, 0.8, (2, 16, 16, 3)).astype(np.float32)
   derained = clean + rng.uniform(-0.1, 0.1, clean.shape).astype(np.float32)
-  total, terms = losses.total_loss(cfg, loss_networks.build_frozen_nets(cfg), derained, clean, clean)
+  total, terms = sapnet.total_loss(cfg, frozen_nets.build_frozen_nets(cfg), derained, clean, clean)
   assert sorted(terms) == ["l1", "ssim"]
   assert float(terms["l1"]) == pytest.approx(np.abs(derained - clean).mean(), rel=1e-5)
   assert float(total) == pytest.approx(cfg.ssim_weight * float(terms["ssim"])

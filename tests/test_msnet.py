@@ -10,7 +10,9 @@ import pytest
 from flax import nnx
 from scipy import ndimage
 
-from sapnet_jax import checkpoint, losses, matching_loss as ml, models
+from sapnet_jax import models
+from sapnet_jax.losses import msnet as ml, sapnet
+from sapnet_jax.weights import model_files
 from sapnet_jax.models import msnet
 
 TINY = msnet.MSNetConfig(units=2, channels=8, cclb_depth=2)
@@ -184,8 +186,8 @@ def test_registered_family_round_trips(tiny, tmp_path):
   with pytest.raises(ValueError, match="unknown msnet model config fields"):
     models.config_from_dict({**d, "stages": 6})
   # A saved MSNet comes back as an MSNet with the same outputs.
-  checkpoint.save_model(tiny, tmp_path / "m.npz")
-  loaded = checkpoint.load_model(tmp_path / "m.npz")
+  model_files.save_model(tiny, tmp_path / "m.npz")
+  loaded = model_files.load_model(tmp_path / "m.npz")
   x = jax.random.uniform(jax.random.key(5), (2, 5, 7, 3))
   assert isinstance(loaded, msnet.MSNet) and loaded.cfg == TINY
   np.testing.assert_array_equal(loaded(x), tiny(x))
@@ -272,9 +274,9 @@ def test_ssim_matches_scipy_reference():
   x = rng.uniform(size=(2, 16, 13, 3))
   y = np.clip(x + rng.normal(scale=0.1, size=x.shape), 0, 1)
   # float32 window sums against float64: agreement to 1e-5 on values of order 1.
-  np.testing.assert_allclose(losses.ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)),
+  np.testing.assert_allclose(sapnet.ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)),
                              _ssim_reference(x, y), atol=1e-5)
-  np.testing.assert_allclose(losses.ssim(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-6)
+  np.testing.assert_allclose(sapnet.ssim(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-6)
 
 
 def test_supervised_loss_weights_come_from_the_config():
@@ -282,7 +284,7 @@ def test_supervised_loss_weights_come_from_the_config():
   out, clean = (jnp.asarray(rng.uniform(size=(2, 12, 12, 3)), jnp.float32) for _ in range(2))
   cfg = ml_collections.ConfigDict(dict(ssim_weight=2.0, l1_weight=0.5))
   total, terms = ml.supervised_loss(out, clean, cfg)
-  np.testing.assert_allclose(terms["ssim"], -losses.ssim(out, clean), rtol=1e-6)
+  np.testing.assert_allclose(terms["ssim"], -sapnet.ssim(out, clean), rtol=1e-6)
   np.testing.assert_allclose(terms["l1"], np.mean(np.abs(np.asarray(out) - np.asarray(clean))),
                              rtol=1e-5)
   np.testing.assert_allclose(total, 2.0 * terms["ssim"] + 0.5 * terms["l1"], rtol=1e-6)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_DEMO
-from sapnet_jax import checkpoint, summaries
+from sapnet_jax.training import summaries
+from sapnet_jax.weights import model_files
 
 SCRIPT = str(REPO / "launch" / "local_multiprocess.sh")
 STEPS = 6
@@ -42,8 +43,8 @@ def _check(proc, logdir):
 
 
 def _params(workdir):
-  model = checkpoint.load_model(checkpoint.step_dir(os.path.join(workdir, "checkpoints"), STEPS))
-  return checkpoint.flatten(checkpoint.params_dict(model))
+  model = model_files.load_model(model_files.step_dir(os.path.join(workdir, "checkpoints"), STEPS))
+  return model_files.flatten(model_files.params_dict(model))
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from PIL import Image
 from scipy import ndimage
 
 from conftest import FIXTURES, shared_path
-from sapnet_jax import noref_metrics
+from sapnet_jax.metrics import no_reference
 
 NIQE_TOL, BRISQUE_TOL = 1e-3, 1e-8
 EXPECTED = np.load(FIXTURES / "noref_expected.npz")
@@ -55,70 +55,70 @@ def as_float(img: np.ndarray) -> np.ndarray:
 def test_matches_reference(i):
   img = case_image(i)
   # Float input in [0, 1] (what evaluate passes) rounds back to the same 8-bit pixels.
-  assert noref_metrics.niqe(as_float(img)) == pytest.approx(EXPECTED["niqe"][i], abs=NIQE_TOL)
-  assert noref_metrics.brisque(as_float(img)) == pytest.approx(EXPECTED["brisque"][i],
+  assert no_reference.niqe(as_float(img)) == pytest.approx(EXPECTED["niqe"][i], abs=NIQE_TOL)
+  assert no_reference.brisque(as_float(img)) == pytest.approx(EXPECTED["brisque"][i],
                                                                abs=BRISQUE_TOL)
 
 
 def test_niqe_crop_border_matches_reference():
   img = case_image(0)
-  got = noref_metrics.niqe(as_float(img), crop_border=4)
+  got = no_reference.niqe(as_float(img), crop_border=4)
   assert got == pytest.approx(float(EXPECTED["niqe_crop4_first"]), abs=NIQE_TOL)
-  assert abs(got - noref_metrics.niqe(as_float(img))) > 1e-3  # the crop did change the input
+  assert abs(got - no_reference.niqe(as_float(img))) > 1e-3  # the crop did change the input
 
 
 def test_greyscale_layouts_agree():
   gray = EXPECTED["generated_gray_193x101"]
   assert gray.ndim == 2 and gray.shape[0] % 2 == 1 and gray.shape[1] % 2 == 1
-  for f in (noref_metrics.niqe, noref_metrics.brisque):
+  for f in (no_reference.niqe, no_reference.brisque):
     want = f(gray)
     assert f(gray[..., None]) == want
     assert f(as_float(gray)) == want
   # Replicated to RGB: Y = 16 + 219 g/255 is not g, so NIQE changes; BRISQUE's grey is g again.
   rgb = np.repeat(gray[..., None], 3, axis=-1)
-  assert noref_metrics.brisque(rgb) == pytest.approx(noref_metrics.brisque(gray), abs=1e-8)
+  assert no_reference.brisque(rgb) == pytest.approx(no_reference.brisque(gray), abs=1e-8)
 
 
 def test_odd_sizes_use_whole_blocks():
   img = case_image(0)
   assert img.shape[:2] == (320, 480)
   # Only whole 96x96 blocks count (bottom/right remainders dropped): 319 x 479 -> 3 x 4 blocks.
-  assert noref_metrics.niqe(img[:-1, :-1]) == noref_metrics.niqe(img[:288, :384])
-  assert noref_metrics.niqe(img) == noref_metrics.niqe(img[:288, :480])
-  assert noref_metrics.niqe(img[:-1, :-1]) != noref_metrics.niqe(img)
+  assert no_reference.niqe(img[:-1, :-1]) == no_reference.niqe(img[:288, :384])
+  assert no_reference.niqe(img) == no_reference.niqe(img[:288, :480])
+  assert no_reference.niqe(img[:-1, :-1]) != no_reference.niqe(img)
 
 
 @pytest.mark.parametrize("shape", [(95, 300, 3), (300, 95), (96, 96, 3), (191, 191)])
 def test_niqe_too_small(shape):
   with pytest.raises(ValueError, match=r"at least 192x96 or 96x192"):
-    noref_metrics.niqe(np.zeros(shape, np.float32))
+    no_reference.niqe(np.zeros(shape, np.float32))
 
 
 def test_niqe_too_small_after_crop():
   with pytest.raises(ValueError, match="after cropping 5 pixels"):
-    noref_metrics.niqe(np.zeros((100, 200, 3), np.float32), crop_border=5)
-  noref_metrics.niqe(EXPECTED["generated_rgb_101x197"], crop_border=2)  # 193 x 97 still works
+    no_reference.niqe(np.zeros((100, 200, 3), np.float32), crop_border=5)
+  no_reference.niqe(EXPECTED["generated_rgb_101x197"], crop_border=2)  # 193 x 97 still works
 
 
 def test_brisque_too_small_and_bad_shapes():
   with pytest.raises(ValueError, match="at least 14x14"):
-    noref_metrics.brisque(np.zeros((13, 40, 3), np.float32))
+    no_reference.brisque(np.zeros((13, 40, 3), np.float32))
   with pytest.raises(ValueError, match=r"\(H, W, 3\) image, got shape \(40, 40, 4\)"):
-    noref_metrics.brisque(np.zeros((40, 40, 4), np.float32))
+    no_reference.brisque(np.zeros((40, 40, 4), np.float32))
   with pytest.raises(ValueError, match="int64"):
-    noref_metrics.niqe(np.zeros((200, 200), np.int64))
+    no_reference.niqe(np.zeros((200, 200), np.int64))
 
 
 def test_flat_images_raise_and_flat_blocks_are_left_out():
   flat = np.full((200, 200, 3), 0.5, np.float32)
   with pytest.raises(ValueError, match="only 0 of the 4 96x96 blocks have texture"):
-    noref_metrics.niqe(flat)
+    no_reference.niqe(flat)
   with pytest.raises(ValueError, match="brisque: the image has too little texture"):
-    noref_metrics.brisque(flat)
+    no_reference.brisque(flat)
   half = flat.copy()
   half[:, :96] = np.random.default_rng(1).random((200, 96, 3))
-  assert np.isfinite(noref_metrics.niqe(half))  # the textured blocks suffice
-  assert np.isfinite(noref_metrics.brisque(half))
+  assert np.isfinite(no_reference.niqe(half))  # the textured blocks suffice
+  assert np.isfinite(no_reference.brisque(half))
 
 
 def test_float_input_is_clamped_and_rounded_like_a_saved_image():
@@ -127,8 +127,8 @@ def test_float_input_is_clamped_and_rounded_like_a_saved_image():
   x[0, 0] = [1.7, -0.3, 0.5]
   y = img.copy()
   y[0, 0] = [255, 0, 128]
-  assert noref_metrics.niqe(x) == noref_metrics.niqe(y)
-  assert noref_metrics.brisque(x) == noref_metrics.brisque(y)
+  assert no_reference.niqe(x) == no_reference.niqe(y)
+  assert no_reference.brisque(x) == no_reference.brisque(y)
 
 
 def test_opencv_half_cubic_sampling():
@@ -136,11 +136,11 @@ def test_opencv_half_cubic_sampling():
   # ramp is reproduced exactly at the half-scale sample positions 2i + 0.5 away from borders,
   # and output sides round half to even as OpenCV's cvRound does.
   ramp = np.tile(np.arange(40, dtype=np.float64), (30, 1))
-  half = noref_metrics._opencv_half_cubic(ramp)
+  half = no_reference._opencv_half_cubic(ramp)
   assert half.shape == (15, 20)
   np.testing.assert_allclose(half[:, 1:-1], np.broadcast_to(2 * np.arange(1, 19) + 0.5, (15, 18)),
                              atol=1e-12)
-  assert noref_metrics._opencv_half_cubic(np.zeros((5, 7))).shape == (2, 4)
+  assert no_reference._opencv_half_cubic(np.zeros((5, 7))).shape == (2, 4)
 
 
 def test_degraded_image_scores_worse():
@@ -148,6 +148,6 @@ def test_degraded_image_scores_worse():
   x = as_float(clean)
   blurred = ndimage.gaussian_filter(x, sigma=(2.5, 2.5, 0))
   noisy = np.clip(blurred + np.random.default_rng(0).normal(0, 0.08, x.shape), 0, 1)
-  for f in (noref_metrics.niqe, noref_metrics.brisque):
+  for f in (no_reference.niqe, no_reference.brisque):
     sharp, bad = f(x), f(noisy.astype(np.float32))
     assert sharp + 5 < bad, f"{f.__name__}: clean {sharp:.3f} vs blurred+noisy {bad:.3f}"

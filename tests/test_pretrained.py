@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from sapnet_jax import checkpoint, convert, download, pretrained
+from sapnet_jax import convert, pretrained
+from sapnet_jax.weights import download, model_files
 
 
 def test_shipped_weights_equal_the_official_checkpoint():
-  shipped = checkpoint.flatten(checkpoint.params_dict(pretrained.load("sapnet-rain100h")))
+  shipped = model_files.flatten(model_files.params_dict(pretrained.load("sapnet-rain100h")))
   converted = convert.load_pth(str(shared_path("weights/sapnet_official/net_latest.pth")))
-  official = checkpoint.flatten(checkpoint.params_dict(converted))
+  official = model_files.flatten(model_files.params_dict(converted))
   assert shipped.keys() == official.keys()
   for k in shipped:
     np.testing.assert_array_equal(np.asarray(shipped[k]), np.asarray(official[k]), err_msg=k)
@@ -72,7 +73,7 @@ def test_download_checks_hash_and_leaves_nothing_on_mismatch(offline_cache, monk
 def test_paths_and_unknown_names(tmp_path):
   model = pretrained.load(str(shared_path("weights/prenet/Rain100H/PRN6/net_latest.pth")))
   assert not model.cfg.recurrent
-  checkpoint.save_model(model, tmp_path / "prn.npz")
+  model_files.save_model(model, tmp_path / "prn.npz")
   assert pretrained.load(str(tmp_path / "prn.npz")).cfg == model.cfg
   with pytest.raises(pretrained.UnknownWeightsError, match="sapnet-rain100h"):
     pretrained.load("sapnet-rain800")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, shared_path
-from sapnet_jax.pth import PthError, load_state_dict
+from sapnet_jax.weights.pth import PthError, load_state_dict
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])

@@ -14,11 +14,13 @@ from flax import nnx
 from PIL import Image
 
 from conftest import FIXTURES, REPO, shared_path
-from sapnet_jax import (checkpoint, compare, convert, derain, evaluate, evaluation, fileio, infer,
-                        pretrained)
+from sapnet_jax import compare, convert, derain, evaluate, infer, pretrained
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import model_files
 from sapnet_jax.data import imageio, pairs
 from sapnet_jax.models import pdu
-from sapnet_jax.pth import PthError, load_safetensors, load_state_dict
+from sapnet_jax.weights.pth import PthError, load_safetensors, load_state_dict
 
 pytestmark = pytest.mark.usefixtures("own_compile_cache")  # derain.main turns the cache on
 
@@ -31,7 +33,7 @@ SIZE = (18, 22)  # one image size throughout, so the tiny network compiles once 
 def tiny_weights(tmp_path_factory):
   # A small random model: the commands do not care which, and it compiles in seconds.
   path = tmp_path_factory.mktemp("w") / "tiny.npz"
-  checkpoint.save_model(pdu.PDUNet(CFG, rngs=nnx.Rngs(0)), path)
+  model_files.save_model(pdu.PDUNet(CFG, rngs=nnx.Rngs(0)), path)
   return str(path)
 
 
@@ -212,12 +214,12 @@ def test_evaluate_workdir_in_a_bucket(tmp_path, gcs_bucket):
   fileio.upload_tree(_pairs(tmp_path / "data"), remote)
   workdir = fileio.join(gcs_bucket, "run")
   model = pdu.PDUNet(CFG, rngs=nnx.Rngs(0))
-  checkpoint.save_model(model, fileio.join(workdir, "checkpoints"), step=5)
+  model_files.save_model(model, fileio.join(workdir, "checkpoints"), step=5)
   config = importlib.import_module("configs.default").get_config()
   config.eval.sets = {"rain100h": {"rainy": fileio.join(remote, "rainy"),
                                    "clean": fileio.join(remote, "clean")}}
   config.eval.tile = 0
-  results = evaluation.evaluate_workdir(config, workdir)
+  results = scoring.evaluate_workdir(config, workdir)
   out = f"{workdir}/eval/step_5/rain100h"
   assert fileio.listdir(out) == ["grid.png", "metrics.csv", "metrics.json"]
   report = json.loads(fileio.read_text(f"{out}/metrics.json"))
@@ -226,7 +228,7 @@ def test_evaluate_workdir_in_a_bucket(tmp_path, gcs_bucket):
   ev = config.eval
   ev.sets = {"rain100h": {"rainy": str(tmp_path / "data" / "rainy"),
                           "clean": str(tmp_path / "data" / "clean")}}
-  local = evaluation.evaluate_sets(infer.Derainer(model), ev, str(tmp_path / "eval"), {})
+  local = scoring.evaluate_sets(infer.Derainer(model), ev, str(tmp_path / "eval"), {})
   assert local["rain100h"]["means"] == report["means"]
 
 
@@ -255,8 +257,8 @@ def test_weights_files_read_from_a_bucket(tmp_path, gcs_bucket):
   with open(shipped, "rb") as f:
     fileio.write_bytes(uri, f.read())
   assert pretrained.resolve(uri) == uri
-  got = checkpoint.flatten(checkpoint.params_dict(pretrained.load(uri)))
-  want = checkpoint.flatten(checkpoint.params_dict(pretrained.load("sapnet-rain100h")))
+  got = model_files.flatten(model_files.params_dict(pretrained.load(uri)))
+  want = model_files.flatten(model_files.params_dict(pretrained.load("sapnet-rain100h")))
   assert got.keys() == want.keys()
   assert all(np.array_equal(np.asarray(got[k]), np.asarray(want[k])) for k in want)
   with pytest.raises(pretrained.UnknownWeightsError, match=f"{gcs_bucket}/w/none.npz"):
@@ -297,8 +299,8 @@ def test_pretrained_load_of_a_remote_pth(gcs_bucket):
   local = shared_path("weights/prenet/Rain100H/PRN6/net_latest.pth")
   uri = fileio.join(gcs_bucket, "prn", "net_latest.pth")
   fileio.write_bytes(uri, local.read_bytes())
-  got = checkpoint.flatten(checkpoint.params_dict(pretrained.load(uri)))
-  want = checkpoint.flatten(checkpoint.params_dict(pretrained.load(str(local))))
+  got = model_files.flatten(model_files.params_dict(pretrained.load(uri)))
+  want = model_files.flatten(model_files.params_dict(pretrained.load(str(local))))
   assert got.keys() == want.keys()
   for k in want:
     np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)

@@ -10,7 +10,7 @@ from flax import nnx
 
 from conftest import REPO, shared_path
 from sapnet_jax import infer, pretrained
-from sapnet_jax.data import synth
+from sapnet_jax.data import rain_renderer
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import msnet, pdu
 from sapnet_jax.utils import flags
@@ -133,7 +133,7 @@ PHOTOS = ["kodak24_kodim04.jpg", "mcmaster_12.jpg", "sunhays80_brewery_sun_admdl
 def test_auto_chooses_about_a_third_for_rain_three_times_wider(sapnet):
   chosen = []
   for i, name in enumerate(PHOTOS):
-    rainy, _ = synth.add_rain(_photo(name), seed=30 + i, style=synth.magnified(synth.RAIN100H, 3))
+    rainy, _ = rain_renderer.add_rain(_photo(name), seed=30 + i, style=rain_renderer.magnified(rain_renderer.RAIN100H, 3))
     chosen.append(sapnet.estimate_scale(rainy))
   # Per photo the choice is noisy (docs/scale.md, What auto gets wrong): none stays at full
   # size, and the middle choice is within one step of 3.
@@ -143,7 +143,7 @@ def test_auto_chooses_about_a_third_for_rain_three_times_wider(sapnet):
 def test_auto_chooses_full_size_for_training_scale_rain(sapnet):
   chosen = []
   for i, name in enumerate(PHOTOS):
-    rainy, _ = synth.add_rain(_photo(name), seed=10 + i, style=synth.RAIN100H)
+    rainy, _ = rain_renderer.add_rain(_photo(name), seed=10 + i, style=rain_renderer.RAIN100H)
     chosen.append(sapnet.estimate_scale(rainy))
   assert chosen == [1.0] * len(PHOTOS)
 
@@ -160,7 +160,7 @@ def test_a_rain_free_photo_passes_through_auto_nearly_unchanged(sapnet):
 
 def test_scale_three_rain_is_removed_far_better_than_at_full_size(sapnet):
   clean = _photo(PHOTOS[0])
-  rainy, _ = synth.add_rain(clean, seed=5, style=synth.magnified(synth.RAIN100H, 3))
+  rainy, _ = rain_renderer.add_rain(clean, seed=5, style=rain_renderer.magnified(rain_renderer.RAIN100H, 3))
   native, scaled = psnr(sapnet(rainy), clean), psnr(sapnet(rainy, scale=3), clean)
   assert scaled > native + 3, (native, scaled)
 

@@ -1,4 +1,4 @@
-"""The HTTP API of `python -m sapnet_jax.serve` (sapnet_jax.serving) with a tiny random model:
+"""The HTTP API of `python -m sapnet_jax.serve` (sapnet_jax.serving.web_app) with a tiny random model:
 odd and bad uploads, limits, tiling, formats and metadata, batching, the CLI's checks, and a
 short load test. Most tests use Starlette's in-process client; the batching and early-refusal
 tests use a real uvicorn server on a free 127.0.0.1 port, started here."""
@@ -24,14 +24,16 @@ from starlette.testclient import TestClient
 from conftest import REPO
 from imagefiles import odd_images
 from live_servers import live, pixels, png_bytes, tiny_model
-from sapnet_jax import checkpoint, infer, models, pretrained, serve, serving
+from sapnet_jax import infer, models, pretrained, serve
+from sapnet_jax.serving import web_app
+from sapnet_jax.weights import model_files
 from sapnet_jax.data.imageio import to_uint8
-from sapnet_jax.serving_batch import Batcher
+from sapnet_jax.serving.batching import Batcher
 
 RNG = np.random.default_rng(7)
 # Small enough to keep compiles short, and chosen so the odd kinds (21x34) go whole, a 70x90
 # image is tiled and a 150x150 one is over the pixel limit.
-LIMITS = serving.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8, max_batch=4,
+LIMITS = web_app.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8, max_batch=4,
                         batch_wait_ms=5)
 
 
@@ -47,7 +49,7 @@ def derainer(model):
 
 @pytest.fixture(scope="module")
 def client(model, derainer):
-  app = serving.create_app(model, "tiny", description="a tiny random model", limits=LIMITS,
+  app = web_app.create_app(model, "tiny", description="a tiny random model", limits=LIMITS,
                            derainer=derainer)
   with TestClient(app) as c:  # one event loop for the module, lifespan run
     yield c
@@ -233,7 +235,7 @@ def test_exif_and_icc_profile_are_kept(client):
 def test_app_serves_again_after_its_lifespan_ended(model, derainer):
   # Each test client runs the app's lifespan; the device thread stopped at the end of one is
   # started again for the next.
-  app = serving.create_app(model, "tiny", limits=LIMITS, derainer=derainer)
+  app = web_app.create_app(model, "tiny", limits=LIMITS, derainer=derainer)
   for _ in range(2):
     with TestClient(app) as c:
       r = c.post("/v1/derain", content=png_bytes(np.zeros((21, 34, 3), np.uint8)))
@@ -281,9 +283,9 @@ def test_batched_results_equal_single_ones(derainer):
 def live_server(model, derainer):
   """The app under a real uvicorn on a free 127.0.0.1 port, batching up to 4 images that
   arrive within 300 ms of each other."""
-  limits = serving.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8,
+  limits = web_app.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8,
                           max_batch=4, batch_wait_ms=300)
-  app = serving.create_app(model, "tiny", limits=limits, derainer=derainer)
+  app = web_app.create_app(model, "tiny", limits=limits, derainer=derainer)
   with live(app) as url:
     yield url
 
@@ -361,14 +363,14 @@ def test_cli_unknown_weights_and_default_host(capsys):
   assert "registered weights name" in capsys.readouterr().err
   args, limits = serve.parse_args([])
   assert args.host == "127.0.0.1"
-  assert limits == serving.Limits(max_batch=1)  # on a CPU, where batches were measured slower
+  assert limits == web_app.Limits(max_batch=1)  # on a CPU, where batches were measured slower
   assert pretrained.display_name("sapnet-rain100h") == "sapnet-rain100h"
   assert pretrained.display_name(os.path.join("some", "dir", "tiny.npz")) == "tiny.npz"
 
 
 def test_load_benchmark_runs_small(model, tmp_path):
   weights = tmp_path / "tiny.npz"
-  checkpoint.save_model(model, weights)
+  model_files.save_model(model, weights)
   out = tmp_path / "load.json"
   run = subprocess.run(
       [sys.executable, str(REPO / "benchmarks" / "load_serve.py"), "--weights", str(weights),

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import REPO
 from live_servers import serve_command, tiny_model
-from sapnet_jax import checkpoint
+from sapnet_jax.weights import model_files
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -45,7 +45,7 @@ def server():
 def server_with_token(tmp_path_factory):
   # A tiny random network: this test is about the token, not the pictures.
   weights = tmp_path_factory.mktemp("weights") / "tiny.npz"
-  checkpoint.save_model(tiny_model(), weights)
+  model_files.save_model(tiny_model(), weights)
   with serve_command(["--weights", str(weights)], {"SAPNET_SERVE_TOKEN": TOKEN}) as (url, _, _):
     yield url
 

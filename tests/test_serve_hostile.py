@@ -20,12 +20,13 @@ from PIL import Image
 import hostile
 from imagefiles import odd_images
 from live_servers import live, tiny_model
-from sapnet_jax import infer, serving, serving_access
+from sapnet_jax import infer
+from sapnet_jax.serving import access_rules, web_app
 from sapnet_jax.data import imageio
 
 # As in test_serve.py: the corpus's 4800x4800 files and its header bomb are over the pixel
 # limit, its small images go through whole.
-LIMITS = serving.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8, max_batch=1,
+LIMITS = web_app.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8, max_batch=1,
                         batch_wait_ms=0)
 EXPECTED = {"ok": (200,), "big": (413,), "unsupported": (415,), "bad": (400, 413)}
 
@@ -33,8 +34,8 @@ EXPECTED = {"ok": (200,), "big": (413,), "unsupported": (415,), "bad": (400, 413
 @pytest.fixture(scope="module")
 def server():
   model = tiny_model()
-  app = serving.create_app(model, "tiny", limits=LIMITS, derainer=infer.Derainer(model),
-                           access=serving_access.access_for("127.0.0.1"))
+  app = web_app.create_app(model, "tiny", limits=LIMITS, derainer=infer.Derainer(model),
+                           access=access_rules.access_for("127.0.0.1"))
   with live(app) as url:
     yield url
 
@@ -293,8 +294,8 @@ def test_a_fault_of_the_server_is_still_a_500_without_a_trace(caplog):
   model = tiny_model()
   first = next(v for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Param))
   first.set_value(jnp.zeros((3, 5, 7), first.get_value().dtype))
-  app = serving.create_app(model, "broken", limits=LIMITS,
-                           access=serving_access.access_for("127.0.0.1"))
+  app = web_app.create_app(model, "broken", limits=LIMITS,
+                           access=access_rules.access_for("127.0.0.1"))
   caplog.set_level(logging.ERROR)
   with live(app) as url:
     r = httpx.post(f"{url}/v1/derain", files={"image": ("a.png", IMAGE)}, timeout=60)

@@ -30,7 +30,9 @@ from starlette.testclient import TestClient
 import live_servers
 from conftest import REPO
 from live_servers import free_port, png_bytes
-from sapnet_jax import checkpoint, infer, serve, serving, serving_batch
+from sapnet_jax import infer, serve
+from sapnet_jax.serving import batching, web_app
+from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
 
 RNG = np.random.default_rng(11)
@@ -90,9 +92,9 @@ COMPILES = Compiles()
 def test_new_sizes_share_a_bucketed_program(model, derainer):
   # Six sizes never seen before, each side in 19..24 (one bucket of the 48-pixel tile: 24):
   # one program serves them all, and each answer is the client's size.
-  limits = serving.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8,
+  limits = web_app.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8,
                           max_batch=1, batch_wait_ms=0)
-  app = serving.create_app(model, "tiny", limits=limits, derainer=derainer)
+  app = web_app.create_app(model, "tiny", limits=limits, derainer=derainer)
   sizes = [(19, 23), (20, 21), (22, 19), (23, 24), (24, 20), (21, 22)]
   with TestClient(app) as client:
     COMPILES.on, COMPILES.count = True, 0
@@ -122,7 +124,7 @@ def test_padding_keeps_the_image_and_tiles_keep_one_shape():
 def test_decode_bomb_is_refused_under_the_default_budget(model, derainer):
   bomb = bomb_png()
   assert len(bomb) < 100_000
-  app = serving.create_app(model, "tiny", derainer=derainer)  # the default limits
+  app = web_app.create_app(model, "tiny", derainer=derainer)  # the default limits
   with TestClient(app) as client:
     r = client.post("/v1/derain", content=bomb)
   assert r.status_code == 413 and "4800x4800" in r.json()["error"], r.text[:300]
@@ -133,7 +135,7 @@ def live(model, derainer):
   """Starts the app with the given limits under a real uvicorn in a thread: (url, batcher)."""
   with contextlib.ExitStack() as servers:
     def start(**limits):
-      app = serving.create_app(model, "tiny", limits=serving.Limits(**{**SLOW, **limits}),
+      app = web_app.create_app(model, "tiny", limits=web_app.Limits(**{**SLOW, **limits}),
                                derainer=derainer)
       # A big image still in progress at the end of a test is cancelled 1 s into shutdown.
       url = servers.enter_context(live_servers.live(app, timeout_graceful_shutdown=1))
@@ -192,7 +194,7 @@ def test_small_images_go_before_the_tiles_of_every_queued_big_one(derainer):
   # Three large images take turns on the device tile by tile; a small image that arrives then
   # waits only for the call running (and at most one more that started while its request was
   # being queued), not for a tile of each as first come, first served would have it.
-  batcher = serving_batch.Batcher(derainer, max_batch=1, wait_s=0, tile=32, overlap=8)
+  batcher = batching.Batcher(derainer, max_batch=1, wait_s=0, tile=32, overlap=8)
   small = RNG.random((20, 20, 3), dtype=np.float32)
   big = RNG.random((200, 200, 3), dtype=np.float32)
 
@@ -262,7 +264,7 @@ def test_work_for_a_client_that_left_is_cancelled(live):
 @pytest.fixture(scope="module")
 def tiny_weights(model, tmp_path_factory):
   path = tmp_path_factory.mktemp("weights") / "tiny.npz"
-  checkpoint.save_model(model, path)
+  model_files.save_model(model, path)
   return path
 
 
@@ -340,7 +342,7 @@ def test_sigterm_exits_within_the_drain_bound(tmp_path):
   # (still small) model: minutes of de-raining, which SIGTERM must cut short.
   weights = tmp_path / "small.npz"
   cfg = pdu.PDUConfig(channels=16, reduction=4, stages=4, num_blocks=3)
-  checkpoint.save_model(pdu.PDUNet(cfg, rngs=nnx.Rngs(0)), weights)
+  model_files.save_model(pdu.PDUNet(cfg, rngs=nnx.Rngs(0)), weights)
   proc, url = start_serve(weights, tmp_path / "jax_compile", "--tile", "24", "--overlap", "8",
                           "--max-bytes", "30000000")
   try:

@@ -20,7 +20,9 @@ import uvicorn
 import hostile
 from conftest import REPO
 from live_servers import free_port, serve_command, tiny_model
-from sapnet_jax import checkpoint, serve, serving
+from sapnet_jax import serve
+from sapnet_jax.serving import web_app
+from sapnet_jax.weights import model_files
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import load_serve  # noqa: E402 - the benchmark's hostile mix, so that both run the same one
@@ -56,7 +58,7 @@ def server(tmp_path_factory, model):
   """The serve command on a free 127.0.0.1 port with a tiny random model and its default
   limits, but short connection timeouts: (url, process)."""
   weights = tmp_path_factory.mktemp("serve_load") / "tiny.npz"
-  checkpoint.save_model(model, weights)
+  model_files.save_model(model, weights)
   flags = ["--weights", str(weights), "--header-timeout", str(HEADER_TIMEOUT_S),
            "--body-timeout", str(BODY_TIMEOUT_S), "--keep-alive", str(KEEP_ALIVE_S)]
   with serve_command(flags, start_s=90) as (url, output, process):
@@ -164,7 +166,7 @@ def test_normal_clients_are_served_under_a_hostile_mix(server):
 def test_max_connections_counts_idle_ones_until_the_header_timeout_closes_them(model):
   # uvicorn counts open connections against its limit, idle ones included: without the head
   # deadline, three idle sockets would shut this server (limit 3) for good.
-  app = serving.create_app(model, "tiny")
+  app = web_app.create_app(model, "tiny")
   connections = serve.Connections(max_connections=3, header_timeout_s=1.0)
   port = free_port()
   server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",

@@ -1,4 +1,4 @@
-"""Scale-aware de-raining through the HTTP API (sapnet_jax.serving) with a tiny random model:
+"""Scale-aware de-raining through the HTTP API (sapnet_jax.serving.web_app) with a tiny random model:
 `?scale=F|auto`, the server's default (`Limits.scale`, `serve --scale`), the `X-Scale`
 header, refusals of bad values, degenerate sizes, and the command's `--scale` and `--stages`
 checks. Starlette's in-process client; no real server is started."""
@@ -10,13 +10,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from live_servers import pixels, png_bytes, tiny_model
-from sapnet_jax import infer, serve, serving
+from sapnet_jax import infer, serve
+from sapnet_jax.serving import web_app
 from sapnet_jax.data.imageio import to_uint8
 
 RNG = np.random.default_rng(11)
 # No buckets, so what the server computes is what infer.Derainer computes for the same image
 # (padding to a bucket would change pixels near the edges); max_batch 1 keeps one program.
-LIMITS = serving.Limits(max_pixels=20_000, tile=48, overlap=8, max_batch=1, batch_wait_ms=0,
+LIMITS = web_app.Limits(max_pixels=20_000, tile=48, overlap=8, max_batch=1, batch_wait_ms=0,
                         buckets=False)
 
 
@@ -31,7 +32,7 @@ def derainer(model):
 
 
 def make_client(model, derainer, limits=LIMITS) -> TestClient:
-  return TestClient(serving.create_app(model, "tiny", limits=limits, derainer=derainer))
+  return TestClient(web_app.create_app(model, "tiny", limits=limits, derainer=derainer))
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_server_default_scale_applies_without_the_query(model, derainer):
 
 
 def test_default_limits_scale_is_full_size(client):
-  assert serving.Limits().scale == 1
+  assert web_app.Limits().scale == 1
   assert client.get("/v1/models").json()["limits"]["scale"] == 1
   r = client.post("/v1/derain", content=png_bytes(noise(16, 16)))
   assert r.status_code == 200 and r.headers["X-Scale"] == "1"
@@ -129,7 +130,7 @@ def test_default_limits_scale_is_full_size(client):
 @pytest.mark.parametrize("value", [0.5, 17, "nan", "abc", "", 0])
 def test_bad_default_scale_raises_naming_the_flag(value):
   with pytest.raises(ValueError, match="--scale"):
-    serving.Limits(scale=value)
+    web_app.Limits(scale=value)
 
 
 @pytest.mark.parametrize("h, w", [(1, 1), (1, 37), (29, 1), (2, 3)])

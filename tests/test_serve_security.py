@@ -1,4 +1,4 @@
-"""Who may use `python -m sapnet_jax.serve` (sapnet_jax.serving_access): requests addressed to
+"""Who may use `python -m sapnet_jax.serve` (sapnet_jax.serving.access_rules): requests addressed to
 another host name (DNS rebinding) and POSTs from other sites' pages are refused before
 anything is read or computed, the token closes the API but not the page, and a server bound
 beyond loopback warns. The app runs under a real uvicorn on a free 127.0.0.1 port, in this
@@ -15,9 +15,11 @@ import pytest
 from conftest import REPO
 from hostile import png
 from live_servers import live, serve_command, tiny_model
-from sapnet_jax import checkpoint, infer, serve, serving, serving_access
+from sapnet_jax import infer, serve
+from sapnet_jax.serving import access_rules, web_app
+from sapnet_jax.weights import model_files
 
-LIMITS = serving.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8, max_batch=1,
+LIMITS = web_app.Limits(max_bytes=300_000, max_pixels=20_000, tile=48, overlap=8, max_batch=1,
                         batch_wait_ms=0)
 TOKEN = "t0ken-for-the-tests-only-0123456789"
 IMAGE = png(16, 24)
@@ -50,8 +52,8 @@ def count_derains(app) -> list[int]:
 def guarded(model, derainer):
   """(URL, app, derain count) of a server with the command's default access rules, plus one
   name allowed as --allow-host would."""
-  access = serving_access.access_for("127.0.0.1", ["photos.example.org"])
-  app = serving.create_app(model, "tiny", limits=LIMITS, derainer=derainer, access=access)
+  access = access_rules.access_for("127.0.0.1", ["photos.example.org"])
+  app = web_app.create_app(model, "tiny", limits=LIMITS, derainer=derainer, access=access)
   calls = count_derains(app)
   with live(app) as url:
     yield url, app, calls
@@ -59,8 +61,8 @@ def guarded(model, derainer):
 
 @pytest.fixture(scope="module")
 def with_token(model, derainer):
-  access = serving_access.access_for("127.0.0.1", token=TOKEN)
-  app = serving.create_app(model, "tiny", limits=LIMITS, derainer=derainer, access=access)
+  access = access_rules.access_for("127.0.0.1", token=TOKEN)
+  app = web_app.create_app(model, "tiny", limits=LIMITS, derainer=derainer, access=access)
   with live(app) as url:
     yield url
 
@@ -187,7 +189,7 @@ def test_token_closes_the_api_but_not_the_page(with_token):
     ("127.0.0.1", False), ("localhost", False), ("::1", False), ("127.0.0.2", False),
     ("0.0.0.0", True), ("::", True), ("192.168.1.20", True), ("photos.example.org", True)])
 def test_only_loopback_binds_are_quiet(host, exposed):
-  warning = serving_access.exposure_warning(host, serving_access.access_for(host))
+  warning = access_rules.exposure_warning(host, access_rules.access_for(host))
   assert (warning is not None) == exposed
   if exposed:
     assert "anyone who can reach this port can use the server" in warning
@@ -208,22 +210,22 @@ def test_cli_refuses_bad_access_flags(flags, env, message, capsys, monkeypatch, 
   (tmp_path / "short.txt").write_text("short\n")
   flags = [f.format(short_file=tmp_path / "short.txt") for f in flags]
   if env is None:
-    monkeypatch.delenv(serving_access.TOKEN_ENV, raising=False)
+    monkeypatch.delenv(access_rules.TOKEN_ENV, raising=False)
   else:
-    monkeypatch.setenv(serving_access.TOKEN_ENV, env)
+    monkeypatch.setenv(access_rules.TOKEN_ENV, env)
   with pytest.raises(SystemExit) as exit_:
     serve.main(flags + ["--no-compile-cache"])
   assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_token_file_and_env(tmp_path, monkeypatch):
-  monkeypatch.setenv(serving_access.TOKEN_ENV, TOKEN)
+  monkeypatch.setenv(access_rules.TOKEN_ENV, TOKEN)
   args, _ = serve.parse_args([])
   assert args.access.token == TOKEN and TOKEN not in repr(args.access)
   (tmp_path / "token.txt").write_text(f"  {TOKEN[::-1]}\nsecond line\n")
   args, _ = serve.parse_args(["--token-file", str(tmp_path / "token.txt")])
   assert args.access.token == TOKEN[::-1]  # the file wins over the environment
-  monkeypatch.delenv(serving_access.TOKEN_ENV)
+  monkeypatch.delenv(access_rules.TOKEN_ENV)
   args, _ = serve.parse_args(["--host", "192.168.1.20", "--allow-host", "Photos.Example.Org"])
   assert args.access.token is None
   assert args.access.hosts == ("localhost", "127.0.0.1", "::1", "192.168.1.20",
@@ -233,7 +235,7 @@ def test_token_file_and_env(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_weights(model, tmp_path_factory):
   path = tmp_path_factory.mktemp("weights") / "tiny.npz"
-  checkpoint.save_model(model, path)
+  model_files.save_model(model, path)
   return path
 
 
@@ -254,7 +256,7 @@ def test_command_refuses_rebinding_and_cross_site_posts(tiny_weights):
 def test_command_on_every_interface_warns_and_requires_the_token(tiny_weights):
   # Bound to 0.0.0.0 (all traffic here stays on 127.0.0.1), the token given by environment.
   with serve_command(["--weights", str(tiny_weights), "--host", "0.0.0.0"],
-                     {serving_access.TOKEN_ENV: TOKEN}) as (url, output, _):
+                     {access_rules.TOKEN_ENV: TOKEN}) as (url, output, _):
     with httpx.Client(base_url=url, timeout=60) as c:
       without = c.post("/v1/derain", content=IMAGE)
       allowed = c.post("/v1/derain", content=IMAGE, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -267,7 +269,7 @@ def test_command_on_every_interface_warns_and_requires_the_token(tiny_weights):
 
 def test_command_warns_before_loading_weights():
   # The warning comes first, so it is seen even when the weights are wrong.
-  env = {k: v for k, v in os.environ.items() if k != serving_access.TOKEN_ENV}
+  env = {k: v for k, v in os.environ.items() if k != access_rules.TOKEN_ENV}
   run = subprocess.run([sys.executable, "-m", "sapnet_jax.serve", "--host", "0.0.0.0",
                         "--weights", "nope", "--no-compile-cache"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)

@@ -7,24 +7,25 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from sapnet_jax.data import demo, imageio, synth
+from sapnet_jax.data import demo, imageio
+from sapnet_jax.data import rain_renderer
 
 CLEAN = np.random.default_rng(1).random((64, 80, 3)).astype(np.float32) * 0.8
 
 
 def test_same_seed_same_rain_other_seed_other_rain():
-  a, pa = synth.add_rain(CLEAN, seed=5)
-  b, pb = synth.add_rain(CLEAN, seed=5)
-  c, _ = synth.add_rain(CLEAN, seed=6)
+  a, pa = rain_renderer.add_rain(CLEAN, seed=5)
+  b, pb = rain_renderer.add_rain(CLEAN, seed=5)
+  c, _ = rain_renderer.add_rain(CLEAN, seed=6)
   np.testing.assert_array_equal(a, b)
   assert pa.to_dict() == pb.to_dict()
   assert np.abs(a - c).mean() > 1e-3
 
 
 def test_rain_only_brightens_without_haze():
-  style = synth.RainStyle(haze_probability=0.0)
+  style = rain_renderer.RainStyle(haze_probability=0.0)
   for seed in range(4):
-    rainy, params = synth.add_rain(CLEAN, seed, style)
+    rainy, params = rain_renderer.add_rain(CLEAN, seed, style)
     assert params.haze == 0.0
     assert rainy.dtype == np.float32 and rainy.shape == CLEAN.shape
     assert np.all(rainy >= CLEAN - 1e-6) and rainy.max() <= 1.0
@@ -32,9 +33,9 @@ def test_rain_only_brightens_without_haze():
 
 
 def test_haze_veils_towards_the_airlight():
-  style = synth.RainStyle(density=(0.0, 0.0), haze_probability=1.0, haze=(0.3, 0.3),
+  style = rain_renderer.RainStyle(density=(0.0, 0.0), haze_probability=1.0, haze=(0.3, 0.3),
                           airlight=(0.9, 0.9))
-  rainy, params = synth.add_rain(CLEAN, 0, style)
+  rainy, params = rain_renderer.add_rain(CLEAN, 0, style)
   np.testing.assert_allclose(rainy, CLEAN * 0.7 + 0.9 * 0.3, atol=1e-6)
   assert params.haze == pytest.approx(0.3)
 
@@ -42,10 +43,10 @@ def test_haze_veils_towards_the_airlight():
 @pytest.mark.parametrize("angle", [0.0, 90.0])
 def test_streaks_follow_their_angle(angle):
   # angle is measured from vertical: 0 = vertical streaks, 90 = horizontal ones.
-  style = synth.RainStyle(layers=(1, 1), angle_deg=(angle, angle), angle_spread_deg=0.0,
+  style = rain_renderer.RainStyle(layers=(1, 1), angle_deg=(angle, angle), angle_spread_deg=0.0,
                           length=(30, 30), width=(1.0, 1.0), blur=(0.0, 0.0))
-  params = synth.sample_params(np.random.default_rng(0), style)
-  rain = synth.rain_layer((128, 128), params, np.random.default_rng(0))
+  params = rain_renderer.sample_params(np.random.default_rng(0), style)
+  rain = rain_renderer.rain_layer((128, 128), params, np.random.default_rng(0))
   vertical_change = np.abs(np.diff(rain, axis=0)).mean()
   horizontal_change = np.abs(np.diff(rain, axis=1)).mean()
   along, across = ((vertical_change, horizontal_change) if angle == 0
@@ -55,17 +56,17 @@ def test_streaks_follow_their_angle(angle):
 
 def test_density_and_brightness_control_the_amount_of_rain():
   def mean_rain(density, brightness):
-    style = synth.RainStyle(layers=(1, 1), density=(density, density),
+    style = rain_renderer.RainStyle(layers=(1, 1), density=(density, density),
                             brightness=(brightness, brightness))
-    params = synth.sample_params(np.random.default_rng(3), style)
-    return synth.rain_layer((96, 96), params, np.random.default_rng(3)).mean()
+    params = rain_renderer.sample_params(np.random.default_rng(3), style)
+    return rain_renderer.rain_layer((96, 96), params, np.random.default_rng(3)).mean()
   assert mean_rain(0.002, 0.5) < mean_rain(0.008, 0.5) < mean_rain(0.008, 0.9)
   assert mean_rain(0.0, 0.9) == 0.0
 
 
 def test_kernels_peak_at_one_without_defocus():
-  params = synth.sample_params(np.random.default_rng(0), synth.RainStyle(blur=(0.0, 0.0)))
-  kernels = synth.streak_kernels(params)
+  params = rain_renderer.sample_params(np.random.default_rng(0), rain_renderer.RainStyle(blur=(0.0, 0.0)))
+  kernels = rain_renderer.streak_kernels(params)
   assert kernels.shape[1] == kernels.shape[2] and kernels.shape[1] % 2 == 1
   np.testing.assert_allclose(kernels.max(axis=(1, 2)), 1.0, atol=1e-6)
 
@@ -73,19 +74,19 @@ def test_kernels_peak_at_one_without_defocus():
 def test_added_rain_is_clean_plus_rain_clipped():
   # A bright clean image: the screen blend shrinks rain there, adding does not until 1.
   clean = np.full((48, 48, 3), 0.7, np.float32)
-  add = synth.RainStyle(haze_probability=0.0, blend="add", density=(0.01, 0.01))
+  add = rain_renderer.RainStyle(haze_probability=0.0, blend="add", density=(0.01, 0.01))
   screen = dataclasses.replace(add, blend="screen")
-  added, _ = synth.add_rain(clean, 3, add)
-  screened, _ = synth.add_rain(clean, 3, screen)
+  added, _ = rain_renderer.add_rain(clean, 3, add)
+  screened, _ = rain_renderer.add_rain(clean, 3, screen)
   rng = np.random.default_rng(3)  # add_rain's draws: the parameters, then the layer
-  rain = synth.rain_layer(clean.shape[:2], synth.sample_params(rng, add), rng)
+  rain = rain_renderer.rain_layer(clean.shape[:2], rain_renderer.sample_params(rng, add), rng)
   np.testing.assert_allclose(added, np.clip(clean + rain[..., None], 0, 1), atol=1e-6)
   np.testing.assert_allclose(screened, 1 - (1 - clean) * (1 - rain[..., None]), atol=1e-6)
   assert added.max() == 1.0 and (added - clean).mean() > (screened - clean).mean()
 
 
 def test_rain100h_style_matches_rain100h_residuals():
-  # The style's calibration (synth.RAIN100H): drawn over Rain100H's own clean images, the
+  # The style's calibration (rain_renderer.RAIN100H): drawn over Rain100H's own clean images, the
   # median over images of the residual (rainy - clean) quantiles is within 0.05 of Rain100H's.
   folder = shared_path("data/rain100h")
   names = sorted(os.listdir(folder / "clean"))[:40:2]
@@ -93,7 +94,7 @@ def test_rain100h_style_matches_rain100h_residuals():
   for seed, name in enumerate(names):
     clean = imageio.read_image(folder / "clean" / name)
     rainy = imageio.read_image(folder / "rainy" / name)
-    drawn, _ = synth.add_rain(clean, seed, synth.RAIN100H)
+    drawn, _ = rain_renderer.add_rain(clean, seed, rain_renderer.RAIN100H)
     ours.append(np.percentile((drawn - clean).mean(-1), (10, 50, 90)))
     theirs.append(np.percentile((rainy - clean).mean(-1), (10, 50, 90)))
   np.testing.assert_allclose(np.median(ours, 0), np.median(theirs, 0), atol=0.05)
@@ -117,17 +118,17 @@ def test_grid_cli_draws_the_chosen_style(tmp_path):
 
 def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match="RainStyle.length"):
-    synth.RainStyle(length=(40.0, 10.0))
+    rain_renderer.RainStyle(length=(40.0, 10.0))
   with pytest.raises(ValueError, match="RainStyle.blend"):
-    synth.RainStyle(blend="multiply")
+    rain_renderer.RainStyle(blend="multiply")
   with pytest.raises(ValueError, match="expected an \\(H, W, 3\\) image"):
-    synth.add_rain(np.zeros((4, 4)), 0)
+    rain_renderer.add_rain(np.zeros((4, 4)), 0)
 
 
 def test_uint8_input_matches_float_input():
   u8 = np.round(CLEAN * 255).astype(np.uint8)
-  a, _ = synth.add_rain(u8, 2)
-  b, _ = synth.add_rain(u8.astype(np.float32) / 255, 2)
+  a, _ = rain_renderer.add_rain(u8, 2)
+  b, _ = rain_renderer.add_rain(u8.astype(np.float32) / 255, 2)
   np.testing.assert_array_equal(a, b)
 
 

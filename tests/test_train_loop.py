@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_DEMO
-from sapnet_jax import checkpoint, evaluation, summaries, train
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.training import loop, summaries
+from sapnet_jax.weights import model_files
 from configs import demo
 
 
@@ -39,13 +41,13 @@ def _flags(data_dir, **extra):
 
 
 def _final_params(workdir, step):
-  model = checkpoint.load_model(checkpoint.step_dir(os.path.join(workdir, "checkpoints"), step))
-  return checkpoint.flatten(checkpoint.params_dict(model))
+  model = model_files.load_model(model_files.step_dir(os.path.join(workdir, "checkpoints"), step))
+  return model_files.flatten(model_files.params_dict(model))
 
 
 def test_run_logs_validates_checkpoints_and_resumes(data_dir, tmp_path):
   work = str(tmp_path)
-  result = train.train_and_evaluate(_config(data_dir, **{"train.num_steps": 4}), work)
+  result = loop.train_and_evaluate(_config(data_dir, **{"train.num_steps": 4}), work)
   rows = summaries.read_jsonl(work)
   assert [r["step"] for r in rows if "train/total" in r] == [2, 4]
   assert all(np.isfinite(r["train/ssim"]) and r["train/lr"] == pytest.approx(1e-3) for r in rows
@@ -58,11 +60,11 @@ def test_run_logs_validates_checkpoints_and_resumes(data_dir, tmp_path):
   assert os.path.exists(os.path.join(work, "eval", "step_4", "synthetic_val", "grid.png"))
   assert sorted(os.listdir(os.path.join(work, "tensorboard")))  # event files written
   # Resume: a longer run continues at step 5, not from scratch.
-  train.train_and_evaluate(_config(data_dir, **{"train.num_steps": 6}), work)
+  loop.train_and_evaluate(_config(data_dir, **{"train.num_steps": 6}), work)
   steps = [r["step"] for r in summaries.read_jsonl(work) if "train/total" in r]
   assert steps == [2, 4, 6]
   # main --mode=eval scores the latest checkpoint with the same reports.
-  out = evaluation.evaluate_workdir(_config(data_dir, **{"train.num_steps": 6}), work)
+  out = scoring.evaluate_workdir(_config(data_dir, **{"train.num_steps": 6}), work)
   assert out["synthetic_val"]["count"] == 3
   assert os.path.exists(os.path.join(work, "eval", "step_6", "synthetic_val", "metrics.csv"))
 
@@ -88,8 +90,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path, ema
   assert proc.returncode == -signal.SIGKILL, err.decode()[-3000:]
   saved = sorted(int(s) for s in os.listdir(os.path.join(killed, "checkpoints")) if s.isdigit())
   assert 3 in saved and max(saved) < steps, saved
-  train.train_and_evaluate(_config(data_dir, **sync, **{"train.num_steps": steps}), killed)
-  train.train_and_evaluate(_config(data_dir, **sync, **{"train.num_steps": steps}), whole)
+  loop.train_and_evaluate(_config(data_dir, **sync, **{"train.num_steps": steps}), killed)
+  loop.train_and_evaluate(_config(data_dir, **sync, **{"train.num_steps": steps}), whole)
   a, b = _final_params(killed, steps), _final_params(whole, steps)
   assert sorted(a) == sorted(b)
   for key in a:
@@ -99,26 +101,26 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path, ema
 def test_ema_run_validates_and_evaluates_the_average(data_dir, tmp_path):
   work = str(tmp_path)
   config = _config(data_dir, **{"train.num_steps": 4, "train.ema_decay": 0.9})
-  result = train.train_and_evaluate(config, work)
+  result = loop.train_and_evaluate(config, work)
   import orbax.checkpoint as ocp
-  ckpts = checkpoint.TrainCheckpoints(os.path.join(work, "checkpoints"))
+  ckpts = model_files.TrainCheckpoints(os.path.join(work, "checkpoints"))
   ema = _final_params(work, 4)
   stored = ckpts.manager.restore(4, args=ocp.args.Composite(train_state=ocp.args.StandardRestore()))
-  trained = checkpoint.flatten(jax.tree.map(np.asarray, dict(stored["train_state"]["params"])))
+  trained = model_files.flatten(jax.tree.map(np.asarray, dict(stored["train_state"]["params"])))
   ckpts.close()
   assert sorted(trained) == sorted(ema)
   assert any(not np.array_equal(trained[k], ema[k]) for k in ema)  # the average is not the last
   # main --mode=eval scores the checkpoint's params (the average): the validation's number.
-  out = evaluation.evaluate_workdir(config, work)
+  out = scoring.evaluate_workdir(config, work)
   assert out["synthetic_val"]["means"]["psnr_rgb"] == pytest.approx(result["val"], rel=1e-6)
   # A resume cannot switch EMA off: the checkpoint's params are not the trained ones.
-  with pytest.raises(checkpoint.CheckpointError, match=r"train.ema_decay: checkpoint 0.9, config 0.0"):
-    train.train_and_evaluate(_config(data_dir, **{"train.num_steps": 6}), work)
+  with pytest.raises(model_files.CheckpointError, match=r"train.ema_decay: checkpoint 0.9, config 0.0"):
+    loop.train_and_evaluate(_config(data_dir, **{"train.num_steps": 6}), work)
 
 
 def test_nan_batch_stops_before_saving_it(data_dir, tmp_path, monkeypatch):
   work = str(tmp_path)
-  original = train.Trainer.global_batch
+  original = loop.Trainer.global_batch
   calls = []
 
   def poisoned(self, local):
@@ -127,9 +129,9 @@ def test_nan_batch_stops_before_saving_it(data_dir, tmp_path, monkeypatch):
       local = {**local, "rainy": np.full_like(local["rainy"], np.nan)}
     return original(self, local)
 
-  monkeypatch.setattr(train.Trainer, "global_batch", poisoned)
-  with pytest.raises(train.TrainingDiverged, match=r"step 2: non-finite .*ssim"):
-    train.train_and_evaluate(_config(data_dir, **{"train.num_steps": 8}), work)
+  monkeypatch.setattr(loop.Trainer, "global_batch", poisoned)
+  with pytest.raises(loop.TrainingDiverged, match=r"step 2: non-finite .*ssim"):
+    loop.train_and_evaluate(_config(data_dir, **{"train.num_steps": 8}), work)
   saved = sorted(int(s) for s in os.listdir(os.path.join(work, "checkpoints")) if s.isdigit())
   assert saved == [2]  # the last good state; nothing after the bad step
   params = _final_params(work, 2)
@@ -157,7 +159,7 @@ def test_msnet_semi_supervised_trains_on_both_streams(data_dir, tmp_path):
   config.eval.sets = {"synthetic_val": "synthetic_rain/shipped:validation",
                       "real_rainy": {"rainy": str(real)}}
   work = str(tmp_path / "work")
-  result = train.train_and_evaluate(config, work)
+  result = loop.train_and_evaluate(config, work)
   reports = {name: json.load(open(os.path.join(work, "eval", "step_2", name, "metrics.json")))
              for name in ("real_rainy", "synthetic_val")}
   assert "niqe" in reports["real_rainy"]["means"] and "psnr_rgb" not in reports["real_rainy"]["means"]
@@ -169,7 +171,7 @@ def test_msnet_semi_supervised_trains_on_both_streams(data_dir, tmp_path):
     assert r["train/match_mean"] > 0 and r["train/match_cov"] > 0
     assert r["train/total"] == pytest.approx(
         r["train/ssim"] + r["train/l1"] + r["train/match_mean"] + r["train/match_cov"], rel=1e-5)
-  model = checkpoint.load_model(checkpoint.step_dir(os.path.join(work, "checkpoints")))
+  model = model_files.load_model(model_files.step_dir(os.path.join(work, "checkpoints")))
   assert type(model).__name__ == "MSNet"
 
 
@@ -183,9 +185,9 @@ def test_validation_needs_a_set_that_reports_the_metric(tmp_path):
   imageio.write_png(str(real / "photo.png"), np.random.default_rng(0).random((100, 200, 3), np.float32))
   config = _config(str(tmp_path))
   config.eval.sets = {"real_rainy": {"rainy": str(real)}}
-  graphdef, params = nnx.split(train.initial_model(config, "cpu"))
+  graphdef, params = nnx.split(loop.initial_model(config, "cpu"))
   params = jax.device_put(nnx.to_pure_dict(params))
-  validator = train.Validator(config, graphdef, params, str(tmp_path / "work"))
+  validator = loop.Validator(config, graphdef, params, str(tmp_path / "work"))
   with pytest.raises(ValueError, match=r"val_metric='psnr_rgb' is reported by none of .*real_rainy"):
     validator(1, params, summaries.Writer(str(tmp_path), enabled=False))
 
@@ -198,18 +200,18 @@ def test_best_checkpoint_follows_the_direction_of_val_metric(data_dir, tmp_path,
   the lowest (step 2) for NIQE/BRISQUE, the highest (step 3) for PSNR; a resumed run with
   worse values keeps that best."""
   values = {1: 5.0, 2: 3.0, 3: 5.5, 4: 4.0, 5: 4.5, 6: 4.2}
-  monkeypatch.setattr(train.Validator, "_score", lambda self, step, params, writer: values[step])
+  monkeypatch.setattr(loop.Validator, "_score", lambda self, step, params, writer: values[step])
   work = str(tmp_path)
-  train.train_and_evaluate(_config(data_dir, **{
+  loop.train_and_evaluate(_config(data_dir, **{
       "train.num_steps": 4, "train.eval_every": 1, "train.save_every": 1,
       "train.keep_checkpoints": 1, "train.val_metric": metric,
       "train.async_checkpoints": False}), work)
   saved = sorted(int(s) for s in os.listdir(os.path.join(work, "checkpoints")) if s.isdigit())
   assert saved == kept
-  ckpts = checkpoint.TrainCheckpoints(os.path.join(work, "checkpoints"), val_metric=metric)
+  ckpts = model_files.TrainCheckpoints(os.path.join(work, "checkpoints"), val_metric=metric)
   assert ckpts.best_step() == kept[0]
   ckpts.close()
-  train.train_and_evaluate(_config(data_dir, **{
+  loop.train_and_evaluate(_config(data_dir, **{
       "train.num_steps": 6, "train.eval_every": 1, "train.save_every": 1,
       "train.keep_checkpoints": 1, "train.val_metric": metric,
       "train.async_checkpoints": False}), work)
@@ -219,7 +221,7 @@ def test_best_checkpoint_follows_the_direction_of_val_metric(data_dir, tmp_path,
 
 def test_unknown_val_metric_fails_before_training(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"train.val_metric: 'sharpness': unknown metric direction"):
-    train.train_and_evaluate(_config(data_dir, **{"train.val_metric": "sharpness"}),
+    loop.train_and_evaluate(_config(data_dir, **{"train.val_metric": "sharpness"}),
                              str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
 
@@ -240,13 +242,13 @@ def test_default_config_with_a_missing_eval_set_fails_before_step_1(tmp_path, se
                         for k, v in sets.items()}
   assert config.train.eval_every > 0  # the default validates during training, not only at the end
   with pytest.raises(ValueError, match=r"config\.eval\.sets\.rain100h: .*" + expect):
-    train.train_and_evaluate(config, str(tmp_path / "work"))
+    loop.train_and_evaluate(config, str(tmp_path / "work"))
   assert not (tmp_path / "work" / "checkpoints").exists()
 
 
 def test_eval_sets_of_the_demo_pass_the_check(data_dir):
   config = _config(data_dir)
-  evaluation.check_sets(config.eval, data_dir)  # what the loop tests train with
+  scoring.check_sets(config.eval, data_dir)  # what the loop tests train with
   config.eval.sets = {"empty": {"rainy": data_dir, "clean": data_dir}}
   with pytest.raises(ValueError, match=r"config\.eval\.sets\.empty"):
-    evaluation.check_sets(config.eval, data_dir)
+    scoring.check_sets(config.eval, data_dir)

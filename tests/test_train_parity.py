@@ -19,7 +19,10 @@ import pytest
 from flax import nnx
 
 from conftest import FIXTURES, shared_path
-from sapnet_jax import checkpoint, convert, loss_networks, losses, train
+from sapnet_jax import convert
+from sapnet_jax.losses import frozen_nets, sapnet
+from sapnet_jax.training import loop
+from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
 from configs import default
 
@@ -31,7 +34,7 @@ def _ours(fx, prefix: str) -> dict[str, np.ndarray]:
   the converter (which rounds them to float32: 6e-8 relative, far below every tolerance)."""
   state_dict = {k[len(prefix):]: fx[k] for k in fx.files if k.startswith(prefix)}
   model = convert.pdu_from_state_dict(state_dict, pdu.SAPNET)
-  return checkpoint.flatten(checkpoint.params_dict(model))
+  return model_files.flatten(model_files.params_dict(model))
 
 
 @pytest.fixture(scope="module", params=["reference", "cpu"])
@@ -44,7 +47,7 @@ def setup(request):
     cfg = default.get_config().loss
     cfg.update(contrast="pcl", lpips_weight=0.0, seg_weight=0.0, vgg_weights=str(vgg),
                perceptual_dtype="float64")
-    frozen = loss_networks.build_frozen_nets(cfg)
+    frozen = frozen_nets.build_frozen_nets(cfg)
     graphdef, params = nnx.split(model)
     params = nnx.to_pure_dict(params)
     rainy, clean = (jax.numpy.asarray(fx[k], jax.numpy.float64) for k in ("rainy", "clean"))
@@ -53,8 +56,8 @@ def setup(request):
       def f(p):
         out = nnx.merge(graphdef, p)(rainy)
         if name == "ssim":
-          return losses.ssim_loss(out, clean)
-        return losses.pcl(frozen.vgg, out, clean, rainy)
+          return sapnet.ssim_loss(out, clean)
+        return sapnet.pcl(frozen.vgg, out, clean, rainy)
       return jax.value_and_grad(f)(params)
 
     results = {name: term(name) for name in ("ssim", "pcl")}
@@ -66,7 +69,7 @@ def test_gradients_match_official(setup, name):
   fx, _, results = setup
   loss, grads = results[name]
   np.testing.assert_allclose(float(loss), float(fx[f"{name}_loss"]), rtol=1e-9)
-  ours, ref = checkpoint.flatten(grads), _ours(fx, f"{name}_grad/")
+  ours, ref = model_files.flatten(grads), _ours(fx, f"{name}_grad/")
   assert sorted(ours) == sorted(ref)
   for key, value in ref.items():
     # A tensor behind dead ReLUs has an all-zero gradient: then ours must be (nearly) zero too.
@@ -77,11 +80,11 @@ def test_gradients_match_official(setup, name):
 def test_one_adam_step_matches_torch(setup):
   """Fed the fixture's own -SSIM gradients (float32, as torch got them): only Adam is compared."""
   fx, params, _ = setup
-  grads = checkpoint.unflatten(_ours(fx, "ssim_grad/"))
+  grads = model_files.unflatten(_ours(fx, "ssim_grad/"))
   optim = default.get_config().optim
-  tx = train.make_optimizer(optim, train.make_schedule(optim, steps_per_epoch=100))
+  tx = loop.make_optimizer(optim, loop.make_schedule(optim, steps_per_epoch=100))
   updates, _ = tx.update(grads, tx.init(params), params)
-  new = checkpoint.flatten(optax.apply_updates(params, updates))
+  new = model_files.flatten(optax.apply_updates(params, updates))
   ref = _ours(fx, "adam/")
   for key, value in ref.items():
     np.testing.assert_allclose(np.asarray(new[key]), value, atol=1e-6, rtol=0, err_msg=key)

@@ -14,7 +14,10 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from sapnet_jax import checkpoint, losses, models, train
+from sapnet_jax import models
+from sapnet_jax.losses import sapnet
+from sapnet_jax.training import loop
+from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
 
 TINY = pdu.PDUConfig(stages=2, channels=8, num_blocks=1, reduction=4)
@@ -28,13 +31,13 @@ def _optim(**kw):
 
 def _ssim_loss(model, frozen, batch, epoch):
   del frozen, epoch
-  value = losses.ssim_loss(model(batch["rainy"]), batch["clean"])
+  value = sapnet.ssim_loss(model(batch["rainy"]), batch["clean"])
   return value, {"ssim": value}
 
 
 def _trainer(mesh=None, cfg=TINY, ema_decay=0.0, **optim):
   graphdef, params = nnx.split(models.build(cfg, nnx.Rngs(0)))
-  t = train.Trainer(graphdef, _optim(**optim), _ssim_loss, steps_per_epoch=10, mesh=mesh,
+  t = loop.Trainer(graphdef, _optim(**optim), _ssim_loss, steps_per_epoch=10, mesh=mesh,
                     ema_decay=ema_decay)
   return t, t.init_state(nnx.to_pure_dict(params))
 
@@ -72,7 +75,7 @@ def test_non_finite_batch_keeps_the_state_and_names_term_and_step():
   bad["rainy"][0, 3, 3, 0] = np.nan
   state, _ = t(state, t.global_batch(bad), None)
   state, _ = t(state, t.global_batch(_batch(2)), None)  # later good steps do not hide it
-  with pytest.raises(train.TrainingDiverged, match=r"step 1: non-finite .*ssim"):
+  with pytest.raises(loop.TrainingDiverged, match=r"step 1: non-finite .*ssim"):
     t.check_finite(state)
   assert int(state.bad_step) == 1 and int(state.step) == 3
 
@@ -126,12 +129,12 @@ def test_ema_checkpoint_holds_the_average_as_params_and_resumes_both(tmp_path):
   t, state = _trainer(ema_decay=0.9)
   for i in range(2):
     state, _ = t(state, t.global_batch(_batch(i)), None)
-  ckpts = checkpoint.TrainCheckpoints(str(tmp_path), async_save=False)
+  ckpts = model_files.TrainCheckpoints(str(tmp_path), async_save=False)
   ckpts.save(2, *t.checkpoint_items(state), models.config_to_dict(TINY), {"train": {}})
   ckpts.wait()
   # What every weights reader sees is the average ...
-  model = checkpoint.load_model(checkpoint.step_dir(str(tmp_path)))
-  jax.tree.map(np.testing.assert_array_equal, checkpoint.params_dict(model), _host(state.ema))
+  model = model_files.load_model(model_files.step_dir(str(tmp_path)))
+  jax.tree.map(np.testing.assert_array_equal, model_files.params_dict(model), _host(state.ema))
   # ... and a resume gets back both the average and the trained params.
   _, fresh = _trainer(ema_decay=0.9)
   step, params, rest = ckpts.restore_latest(*t.checkpoint_items(fresh), models.config_to_dict(TINY))
@@ -139,8 +142,8 @@ def test_ema_checkpoint_holds_the_average_as_params_and_resumes_both(tmp_path):
   assert step == 2 and int(back.step) == 2
   for got, want in ((back.ema, state.ema), (back.params, state.params)):
     jax.tree.map(np.testing.assert_array_equal, _host(got), _host(want))
-  assert not np.array_equal(checkpoint.flatten(_host(back.ema))["conv0/kernel"],
-                            checkpoint.flatten(_host(back.params))["conv0/kernel"])
+  assert not np.array_equal(model_files.flatten(_host(back.ema))["conv0/kernel"],
+                            model_files.flatten(_host(back.params))["conv0/kernel"])
 
 
 def _save(ckpts, step, t, state, model_cfg=TINY):
@@ -151,7 +154,7 @@ def _save(ckpts, step, t, state, model_cfg=TINY):
 
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
   t, state = _trainer()
-  ckpts = checkpoint.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
+  ckpts = model_files.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
   _save(ckpts, 1, t, state)
   saved = jax.tree.map(np.asarray, state.params)
   state, _ = t(state, t.global_batch(_batch()), None)
@@ -160,7 +163,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
     for f in files:
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"garbage")
-  fresh = checkpoint.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
+  fresh = model_files.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
   step, params, rest = fresh.restore_latest(state.params, state.replace(params=None),
                                             models.config_to_dict(TINY))
   assert step == 1 and int(rest.step) == 0
@@ -170,11 +173,11 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
 
 def test_checkpoint_of_another_model_is_refused_naming_fields(tmp_path):
   t, state = _trainer()
-  ckpts = checkpoint.TrainCheckpoints(str(tmp_path), async_save=False,
+  ckpts = model_files.TrainCheckpoints(str(tmp_path), async_save=False,
                                       compare=models.architecture)
   _save(ckpts, 1, t, state)
   other = models.config_to_dict(pdu.PDUConfig(stages=2, channels=16, num_blocks=1, reduction=4))
-  with pytest.raises(checkpoint.CheckpointError, match=r"channels: checkpoint 8, config 16"):
+  with pytest.raises(model_files.CheckpointError, match=r"channels: checkpoint 8, config 16"):
     ckpts.restore_latest(state.params, state.replace(params=None), other)
   # Compute-only fields (scan, dtype, ...) may differ.
   scanned = models.config_to_dict(pdu.PDUConfig(stages=2, channels=8, num_blocks=1, reduction=4,
@@ -184,11 +187,11 @@ def test_checkpoint_of_another_model_is_refused_naming_fields(tmp_path):
 
 def test_training_checkpoint_loads_as_a_model(tmp_path):
   t, state = _trainer()
-  ckpts = checkpoint.TrainCheckpoints(str(tmp_path), async_save=False)
+  ckpts = model_files.TrainCheckpoints(str(tmp_path), async_save=False)
   _save(ckpts, 7, t, state)
-  model = checkpoint.load_model(checkpoint.step_dir(str(tmp_path)))
+  model = model_files.load_model(model_files.step_dir(str(tmp_path)))
   assert model.cfg == TINY
-  jax.tree.map(np.testing.assert_array_equal, checkpoint.params_dict(model),
+  jax.tree.map(np.testing.assert_array_equal, model_files.params_dict(model),
                jax.tree.map(np.asarray, state.params))
 
 
@@ -205,7 +208,7 @@ EIGHT_DEVICES = textwrap.dedent("""
       losses = []
       for i in range(3):
         state, m = t(state, t.global_batch(T._batch(i, n=8)), None)
-        losses.append(float(m["ssim"]))
+        sapnet.append(float(m["ssim"]))
       assert len(state.params["conv0"]["kernel"].sharding.device_set) == n
       out[n] = {"losses": losses,
                 "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)]}

@@ -84,7 +84,7 @@ def _write_headers(folder: Path) -> dict[str, Path]:
 
 _LOAD_EACH = """
 import json, os, resource, sys
-from sapnet_jax.pth import PthError, load_state_dict
+from sapnet_jax.weights.pth import PthError, load_state_dict
 # A bad header may not grow the process by 1 GiB (the unchecked reader made 1 and 4 GiB arrays).
 with open("/proc/self/statm") as f:
   mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -141,7 +141,7 @@ def _safetensors_header(header: dict) -> bytes:
     _safetensors_header({"w": {"dtype": "F32", "shape": [2**40], "data_offsets": [0, 16]}}),
 ])
 def test_crafted_safetensors_are_refused_naming_the_file(tmp_path, header):
-  from sapnet_jax.pth import PthError, load_safetensors
+  from sapnet_jax.weights.pth import PthError, load_safetensors
   path = tmp_path / "w.safetensors"
   path.write_bytes(header + bytes(16))
   with pytest.raises(PthError, match=r"w\.safetensors: "):
@@ -150,7 +150,7 @@ def test_crafted_safetensors_are_refused_naming_the_file(tmp_path, header):
 
 def test_well_formed_written_files_read_back(tmp_path):
   # The writer above is torch's layout: its well-formed files read as their arrays.
-  from sapnet_jax.pth import load_state_dict
+  from sapnet_jax.weights.pth import load_state_dict
   tensors = pthfiles.small_state_dict()
   for fmt, write in (("zip", pthfiles.zip_pth), ("legacy", pthfiles.legacy_pth)):
     (tmp_path / f"{fmt}.pth").write_bytes(write(tensors))
@@ -164,18 +164,19 @@ def test_well_formed_written_files_read_back(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
   """A tiny model saved as .npz and as an Orbax checkpoint, by this package."""
-  from sapnet_jax import checkpoint, models
+  from sapnet_jax import models
+  from sapnet_jax.weights import model_files
   from sapnet_jax.models import pdu
   folder = tmp_path_factory.mktemp("weights")
   # Random weights put into the abstract model: building it eagerly costs far more time.
-  model = checkpoint.abstract_model(models.config_to_dict(
+  model = model_files.abstract_model(models.config_to_dict(
       pdu.PDUConfig(channels=8, reduction=4, stages=2)))
   rng = np.random.default_rng(3)
-  shapes = checkpoint.flatten(checkpoint.params_dict(model))
-  checkpoint.fill_params(model, checkpoint.unflatten(
+  shapes = model_files.flatten(model_files.params_dict(model))
+  model_files.fill_params(model, model_files.unflatten(
       {k: rng.normal(0, 0.1, v.shape).astype(np.float32) for k, v in shapes.items()}), "random")
-  checkpoint.save_model(model, folder / "w.npz")
-  checkpoint.save_model(model, folder / "ck")
+  model_files.save_model(model, folder / "w.npz")
+  model_files.save_model(model, folder / "ck")
   return folder
 
 
@@ -236,12 +237,12 @@ def test_flipped_bits_in_orbax_weights_are_detected(tmp_path, tiny_weights, own_
   # Bits spread over the arrays' data file: each flip is a decoding error, a checksum mismatch,
   # or lands in bytes that no array uses; never other weights (the compressed chunks decode
   # most flips into other numbers, which is what gave a garbage image).
-  from sapnet_jax import checkpoint
+  from sapnet_jax.weights import model_files
 
   def weights(model):
-    return {k: np.asarray(v) for k, v in checkpoint.flatten(checkpoint.params_dict(model)).items()}
+    return {k: np.asarray(v) for k, v in model_files.flatten(model_files.params_dict(model)).items()}
 
-  original = weights(checkpoint.load_model(tiny_weights / "ck"))
+  original = weights(model_files.load_model(tiny_weights / "ck"))
   size = _orbax_data_files(tiny_weights / "ck" / "0")[0].stat().st_size
   mismatches = []
   for k, position in enumerate(range(size // 9, size, size // 9)):
@@ -249,8 +250,8 @@ def test_flipped_bits_in_orbax_weights_are_detected(tmp_path, tiny_weights, own_
     shutil.copytree(tiny_weights / "ck", copy)
     _flip(_orbax_data_files(copy / "0")[0], position)
     try:
-      loaded = weights(checkpoint.load_model(copy))
-    except checkpoint.CheckpointError as e:
+      loaded = weights(model_files.load_model(copy))
+    except model_files.CheckpointError as e:
       assert str(e).startswith(f"{copy}/0: "), e
       if "checksum mismatch" in str(e):
         mismatches.append(copy)
@@ -265,14 +266,15 @@ def test_flipped_bits_in_orbax_weights_are_detected(tmp_path, tiny_weights, own_
 def test_npz_digest_catches_a_consistent_rewrite(tmp_path, tiny_weights):
   # A change that keeps the zip's CRC-32 valid (the file rewritten with one value changed) is
   # caught by the digest of the arrays; the converter's backbone files carry it too.
-  from sapnet_jax import checkpoint, convert
+  from sapnet_jax import convert
+  from sapnet_jax.weights import model_files
   arrays = dict(np.load(tiny_weights / "w.npz"))
-  assert checkpoint.DIGEST_KEY in arrays
+  assert model_files.DIGEST_KEY in arrays
   arrays["conv0/bias"] = arrays["conv0/bias"].copy()
   arrays["conv0/bias"].view(np.uint32)[0] ^= 1  # one bit of the mantissa
   np.savez(tmp_path / "rewritten.npz", **arrays)
-  with pytest.raises(checkpoint.CheckpointError, match=r"rewritten\.npz: checksum mismatch"):
-    checkpoint.load_model(tmp_path / "rewritten.npz")
+  with pytest.raises(model_files.CheckpointError, match=r"rewritten\.npz: checksum mismatch"):
+    model_files.load_model(tmp_path / "rewritten.npz")
   flat = {"conv1_1/kernel": np.ones((3, 3, 3, 4), np.float32), "conv1_1/bias": np.zeros(4)}
   convert._save_flat(flat, str(tmp_path / "vgg.npz"))
   assert set(convert.read_weights(str(tmp_path / "vgg.npz"))) == set(flat)
@@ -284,22 +286,23 @@ def test_npz_digest_catches_a_consistent_rewrite(tmp_path, tiny_weights):
 
 
 def test_shipped_weights_carry_a_verified_digest():
-  from sapnet_jax import checkpoint, pretrained
+  from sapnet_jax import pretrained
+  from sapnet_jax.weights import model_files
   path = os.path.join(pretrained.WEIGHTS_DIR, "sapnet_rain100h.npz")
   with np.load(path) as raw:
-    stored = str(raw[checkpoint.DIGEST_KEY])
-    arrays = {k: raw[k] for k in raw.files if k != checkpoint.DIGEST_KEY}
-  assert stored == checkpoint.arrays_digest(arrays)
-  assert set(checkpoint.read_npz(path)) == set(arrays)
+    stored = str(raw[model_files.DIGEST_KEY])
+    arrays = {k: raw[k] for k in raw.files if k != model_files.DIGEST_KEY}
+  assert stored == model_files.arrays_digest(arrays)
+  assert set(model_files.read_npz(path)) == set(arrays)
 
 
 def test_training_resume_skips_a_corrupt_step(tmp_path):
   import jax.numpy as jnp
 
-  from sapnet_jax import checkpoint
+  from sapnet_jax.weights import model_files
   params = {"conv": {"kernel": jnp.arange(4096, dtype=jnp.float32) / 7}}
   state = {"step": jnp.int32(0), "mu": jnp.ones(4096, jnp.float32) / 3}
-  ckpts = checkpoint.TrainCheckpoints(str(tmp_path / "ck"), async_save=False)
+  ckpts = model_files.TrainCheckpoints(str(tmp_path / "ck"), async_save=False)
   for step in (1, 2):
     ckpts.save(step, jax_tree_scale(params, step), {**state, "step": jnp.int32(step)},
                {"family": "pdu"}, {"seed": 0})
@@ -412,13 +415,13 @@ def _fuzz(seed: int, count: int, folder: Path) -> dict:
   import resource
   import zipfile
 
-  from sapnet_jax import checkpoint
-  from sapnet_jax.pth import PthError, load_state_dict
+  from sapnet_jax.weights import model_files
+  from sapnet_jax.weights.pth import PthError, load_state_dict
   tensors = pthfiles.small_state_dict()
   rng = np.random.default_rng(seed)
   arrays = {"a/kernel": rng.standard_normal((3, 3, 2, 4)).astype(np.float32),
             "a/bias": np.arange(4, dtype=np.float64), "n": np.array(5, np.int64)}
-  checkpoint.write_npz(str(folder / "digest.npz"), arrays)
+  model_files.write_npz(str(folder / "digest.npz"), arrays)
   compressed = folder / "compressed.npz"
   np.savez_compressed(compressed, **arrays)
   seeds = {"zip.pth": pthfiles.zip_pth(tensors), "legacy.pth": pthfiles.legacy_pth(tensors),
@@ -435,8 +438,8 @@ def _fuzz(seed: int, count: int, folder: Path) -> dict:
   path = folder / "case"
   for name, data in seeds.items():
     others = [d for n, d in seeds.items() if n != name]
-    reader = load_state_dict if name.endswith(".pth") else checkpoint.read_npz
-    expected = PthError if name.endswith(".pth") else checkpoint.CheckpointError
+    reader = load_state_dict if name.endswith(".pth") else model_files.read_npz
+    expected = PthError if name.endswith(".pth") else model_files.CheckpointError
     for i in range(count):
       mutant = _mutate(rng, data, others[i % len(others)])
       target = path.with_suffix(Path(name).suffix)

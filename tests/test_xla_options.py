@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sapnet_jax import xla_options
+from sapnet_jax.runtime import xla_options
 from sapnet_jax.models import ops
 
 

@@ -1,7 +1,7 @@
 """The embedded demo dataset, for people: build it, or draw a grid of its pairs.
 
 The dataset itself (the TFDS builder `synthetic_rain`, its configs and how pairs are drawn) is
-in synthetic_rain.py; the rain synthesizer in synth.py.
+in synthetic_builder.py; the rain synthesizer in rain_renderer.py.
 
     spec = demo.build_demo(data_dir)                       # or build_demo(data_dir, clean_dir)
     config.data.dataset = spec.name                        # "synthetic_rain/shipped"
@@ -21,8 +21,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sapnet_jax.data import imageio, prepare, synth, synthetic_rain
-from sapnet_jax.fileio import atomic_write
+from sapnet_jax.data import imageio, prepare
+from sapnet_jax.data import rain_renderer, synthetic_builder
+from sapnet_jax.utils.fileio import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,19 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--count", type=int, default=6, help="pairs in the grid")
   parser.add_argument("--cell", type=int, default=176, help="pixels per image in the grid")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--style", default="demo", choices=["demo", *synth.STYLES],
-                      help="rain style: demo (what the demo dataset draws) or one of synth.STYLES")
+  parser.add_argument("--style", default="demo", choices=["demo", *rain_renderer.STYLES],
+                      help="rain style: demo (what the demo dataset draws) or one of rain_renderer.STYLES")
   args = parser.parse_args(argv)
-  sources = synthetic_rain.clean_sources(args.clean_dir)
+  sources = synthetic_builder.clean_sources(args.clean_dir)
   # Spread over the sources; with fewer sources than pairs, later pairs are new rain draws.
   picks = np.linspace(0, len(sources) - 1, num=min(args.count, len(sources))).round().astype(int)
   pairs = []
   for k in range(args.count):
     name, path = sources[picks[k % len(picks)]]
     clean = imageio.read_image(path)
-    style = (synthetic_rain.DRAW_STYLES[k % len(synthetic_rain.DRAW_STYLES)]
-             if args.style == "demo" else synth.STYLES[args.style])
-    rainy, _ = synth.add_rain(clean, synthetic_rain.pair_seed(args.seed, name, k // len(picks)),
+    style = (synthetic_builder.DRAW_STYLES[k % len(synthetic_builder.DRAW_STYLES)]
+             if args.style == "demo" else rain_renderer.STYLES[args.style])
+    rainy, _ = rain_renderer.add_rain(clean, synthetic_builder.pair_seed(args.seed, name, k // len(picks)),
                               style)
     pairs.append((rainy, clean))
   # A 256-colour palette keeps the README image small; the pairs themselves are lossless.

@@ -3,7 +3,7 @@
 Reading gives RGB float32 in [0, 1] whatever the file holds: greyscale is replicated to three
 channels, alpha is dropped, palettes and CMYK are converted, EXIF orientation is applied,
 16-bit greyscale keeps its precision (Pillow decodes 16-bit colour PNGs to 8 bits). Paths may
-be local or URIs (gs://...): files are read and folders listed through `sapnet_jax.fileio`.
+be local or URIs (gs://...): files are read and folders listed through `sapnet_jax.utils.fileio`.
 
 Only the documented formats (ACCEPTED_FORMATS) reach a decoder: Pillow can decode dozens more
 (EPS through Ghostscript among them), and each is attack surface nobody asked for. Callers that
@@ -24,8 +24,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sapnet_jax import fileio
-from sapnet_jax.fileio import atomic_write
+from sapnet_jax.utils import fileio
+from sapnet_jax.utils.fileio import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                     ".pnm", ".gif")

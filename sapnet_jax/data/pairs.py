@@ -29,7 +29,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
-from sapnet_jax import fileio
+from sapnet_jax.utils import fileio
 from sapnet_jax.data.imageio import image_names, is_image_name, natural_key
 
 _MAX_LISTED = 12

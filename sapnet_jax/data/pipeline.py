@@ -23,9 +23,9 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sapnet_jax import config_util
-# synthetic_rain: imported for its TFDS builder's registration (builders registers the others).
-from sapnet_jax.data import builders, prepare, synthetic_rain  # noqa: F401
+from sapnet_jax.utils import config_field
+# synthetic_builder: imported for its TFDS builder's registration (builders registers the others).
+from sapnet_jax.data import builders, prepare, synthetic_builder  # noqa: F401
 
 Batch = dict[str, np.ndarray]
 
@@ -51,7 +51,7 @@ def parse_specs(text: str, data_dir: str | None = None, default_split: str = "te
   return specs
 
 
-_field = functools.partial(config_util.field, where="config.data")
+_field = functools.partial(config_field.field, where="config.data")
 
 
 # ---- reading ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ a half-written one. It does not notice a changed MANUAL_DIR: pass --overwrite to
 
 DATA_DIR and MANUAL_DIR may be buckets (gs://...). ArrayRecord's reader and writer open local
 files only (`open() failed ... gs://` when TFDS writes there), so a dataset in a bucket is
-built in the local mirror of DATA_DIR (sapnet_jax.fileio.mirror_path) and uploaded, its
+built in the local mirror of DATA_DIR (sapnet_jax.utils.fileio.mirror_path) and uploaded, its
 dataset_info.json last: a dataset counts as built in the bucket once that file is there.
 Every process that reads it downloads it once into the same local mirror.
 """
@@ -29,12 +29,13 @@ from typing import Sequence
 
 import tensorflow_datasets as tfds
 
-from sapnet_jax import fileio
-from sapnet_jax.data import builders, imageio, synthetic_rain
+from sapnet_jax.utils import fileio
+from sapnet_jax.data import builders, imageio
+from sapnet_jax.data import synthetic_builder
 from sapnet_jax.data.pairs import LayoutError
 
 _DEMO_CONFIGS = {f"synthetic_rain/{c.name}": c
-                 for c in synthetic_rain.SyntheticRain.BUILDER_CONFIGS}
+                 for c in synthetic_builder.SyntheticRain.BUILDER_CONFIGS}
 DEMO_NAMES = list(_DEMO_CONFIGS)
 NO_MANUAL_DIR = ("synthetic_rain",) + tuple(n for n, c in _DEMO_CONFIGS.items() if not c.pool)
 

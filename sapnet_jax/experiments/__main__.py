@@ -23,9 +23,12 @@ import sys
 import time
 from typing import Sequence
 
-from sapnet_jax import evaluation, fileio, train
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.training import loop
+from sapnet_jax.utils import fileio
 from sapnet_jax.data import prepare
-from sapnet_jax.experiments import report, runner, scoring, tables
+from sapnet_jax.experiments import report, runner, tables
+from sapnet_jax.experiments import score_runs
 
 SHARED = os.path.join("..", "shared")
 
@@ -73,14 +76,14 @@ def _plan_row(row: tables.Row, spec: str, scale: str, configs_dir: str, weights_
     if cfg.data.get("prepare"):
       prepare.build(cfg.data.dataset, data_dir=cfg.data.get("data_dir"),
                     manual_dir=cfg.data.get("manual_dir"))
-    return train.steps_per_epoch(cfg)
+    return loop.steps_per_epoch(cfg)
 
   overrides = {**tables.scale_overrides(config, scale, per_epoch),
                **tables.weight_overrides(config, weights_dir)}
   if data_dir:
     overrides["data.data_dir"] = data_dir
   tables.apply(config, overrides)
-  steps = train.total_steps(config, per_epoch(config))
+  steps = loop.total_steps(config, per_epoch(config))
   flags = [tables.flag(k, v) for k, v in overrides.items()]
   info = {"config": spec, "args": flags, "runs": {}, "curve_set": next(iter(config.eval.sets))}
   return info, flags, steps
@@ -161,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   limit = tables.SCORE_LIMIT[args.scale]
   sets = scoring_sets(args.rain100h, args.real)
-  metric = scoring.lpips_alex(weights_dir) if weights_dir else None
+  metric = score_runs.lpips_alex(weights_dir) if weights_dir else None
   print(f"scoring {len(runs)} runs on {', '.join(sets)}"
         + (f" (first {limit} images of each)" if limit else ""), flush=True)
   for run in runs:
@@ -169,12 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = _scored(out, sets, limit)
     if results is None:
       t0 = time.time()
-      results = scoring.score_run(run.workdir, sets, limit, metric, args.data_dir)
+      results = score_runs.score_run(run.workdir, sets, limit, metric, args.data_dir)
       print(f"  {run.row} seed {run.seed}: scored in {time.time() - t0:.0f} s", flush=True)
     rows[run.row]["runs"][run.seed]["scores"] = report.flatten_scores(results)
   base_dir = fileio.join(workdir, "rainy_input")
-  baseline = _scored(base_dir, sets, limit) or scoring.score(
-      evaluation.identity, sets, base_dir, {"weights": "identity"}, limit, metric,
+  baseline = _scored(base_dir, sets, limit) or score_runs.score(
+      scoring.identity, sets, base_dir, {"weights": "identity"}, limit, metric,
       data_dir=args.data_dir)
   data = report.build(table, args.scale, seeds, rows, report.flatten_scores(baseline))
   report.write(data, workdir)

@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 
-from sapnet_jax import checkpoint, fileio
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import model_files
 
 RUN_FILE = "run.json"
 
@@ -44,7 +45,7 @@ def run_dir(workdir: str, row: str, seed: int) -> str:
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """The run's committed checkpoint steps, sorted."""
-  return checkpoint.saved_steps(fileio.join(workdir, "checkpoints"))
+  return model_files.saved_steps(fileio.join(workdir, "checkpoints"))
 
 
 def info(run: Run) -> dict | None:

@@ -6,7 +6,7 @@
     out = image + conv3x3(fuse_out(concat[f_0, o_1, ..., o_units]))     # C -> 3
 
 The matching network's output f_0 is what the paper's matching loss compares between
-synthetic and real inputs (`sapnet_jax.matching_loss`); it is shared by both, so the caller
+synthetic and real inputs (`sapnet_jax.losses.msnet`); it is shared by both, so the caller
 runs the same model on each and asks for `return_features=True`.
 
 maxpool_i has kernel and stride 2^(i-1) (i = 1 is the identity). Sizes not divisible by

@@ -7,7 +7,7 @@ Two forms:
   * a single `.npz` file (flat "a/b/kernel" keys plus the config as JSON): the form shipped
     inside the package, readable without Orbax.
 Paths may be local or URIs (`gs://bucket/run/checkpoints`): everything goes through
-sapnet_jax.fileio and Orbax, which write to buckets themselves (tensorstore for arrays).
+sapnet_jax.utils.fileio and Orbax, which write to buckets themselves (tensorstore for arrays).
 Writes are atomic: Orbax commits finished steps only (a rename locally, a commit marker on
 buckets), and the .npz is renamed into place or uploaded as one object.
 
@@ -37,8 +37,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import fileio, metrics, models
-from sapnet_jax.fileio import atomic_write
+from sapnet_jax import models
+from sapnet_jax.metrics import full_reference
+from sapnet_jax.utils import fileio
+from sapnet_jax.utils.fileio import atomic_write
 
 PARAMS, MODEL_CONFIG, DIGEST = "params", "model_config", "digest"
 _CONFIG_KEY, DIGEST_KEY = "__model_config__", "__digest__"
@@ -409,7 +411,7 @@ class TrainCheckpoints:
   `data` (the input iterator's state, one file per process) and `digest` (SHA-256 of the
   params, the train state and the model config, verified by restore_latest and load_model).
   Keeps the `keep` latest steps plus the best by `val_metric` (higher or lower is better as
-  sapnet_jax.metrics says for that name); saves are asynchronous where Orbax supports it and
+  sapnet_jax.metrics.full_reference says for that name); saves are asynchronous where Orbax supports it and
   only committed steps are ever read back. Every JAX process must make the same calls (Orbax
   synchronises them).
   """
@@ -423,7 +425,7 @@ class TrainCheckpoints:
     import orbax.checkpoint as ocp  # deferred, see save_model
     from orbax.checkpoint import checkpoint_managers as policies
     self._ocp, self._compare, self.val_metric = ocp, compare, val_metric
-    mode = "max" if metrics.higher_is_better(val_metric) else "min"
+    mode = "max" if full_reference.higher_is_better(val_metric) else "min"
     self.directory = fileio.absolute(directory)
 
     def score(step_metrics: dict) -> float:

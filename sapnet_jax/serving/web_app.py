@@ -42,8 +42,8 @@ from starlette.staticfiles import StaticFiles
 
 from sapnet_jax import infer, models
 from sapnet_jax.data import imageio
-from sapnet_jax.serving_access import Access, AccessGuard
-from sapnet_jax.serving_batch import (Batcher, ClientGone, Closed, DeadlineExceeded, QueueFull,
+from sapnet_jax.serving.access_rules import Access, AccessGuard
+from sapnet_jax.serving.batching import (Batcher, ClientGone, Closed, DeadlineExceeded, QueueFull,
                                      watched)
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")

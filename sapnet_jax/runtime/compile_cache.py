@@ -19,7 +19,7 @@ from typing import Iterator
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
-from sapnet_jax import fileio
+from sapnet_jax.utils import fileio
 
 ENV = "JAX_COMPILATION_CACHE_DIR"
 _OPTIONS = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",

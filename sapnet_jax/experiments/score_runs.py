@@ -15,7 +15,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from sapnet_jax import checkpoint, evaluation, fileio, infer, loss_networks, losses
+from sapnet_jax import infer
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.losses import frozen_nets, sapnet
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import model_files
 
 Metric = Callable[[np.ndarray, np.ndarray], dict]
 
@@ -27,9 +31,9 @@ def lpips_alex(weights_dir: str) -> Metric:
       perceptual_dtype="float32",
       alexnet_weights=f"{weights_dir}/alexnet_imagenet/alexnet_features_hwio.npz",
       lpips_weights=f"{weights_dir}/lpips/alex_v0.1.pth"))
-  nets = loss_networks.build_frozen_nets(cfg)
+  nets = frozen_nets.build_frozen_nets(cfg)
   trunk, heads = nets.alexnet, nets.lpips_heads.as_dict()
-  distance = jax.jit(lambda x, y: losses.lpips(trunk, heads, x, y, net="alex", size=None))
+  distance = jax.jit(lambda x, y: sapnet.lpips(trunk, heads, x, y, net="alex", size=None))
 
   def metric(out: np.ndarray, clean: np.ndarray) -> dict:
     return {"lpips_alex": float(distance(out[None], clean[None])[0])}
@@ -44,14 +48,14 @@ def score(derainer: Callable, sets: dict[str, Any], out_dir: str, meta: dict,
   or a built "name:split"); returns {set: summary} and writes OUT_DIR/SET/metrics.json."""
   results = {}
   for name, spec in sets.items():
-    loaders, problems, set_meta = evaluation.set_samples(name, spec, data_dir)
-    evaluation.check_problems(problems, skip_bad=False)
+    loaders, problems, set_meta = scoring.set_samples(name, spec, data_dir)
+    scoring.check_problems(problems, skip_bad=False)
     if limit is not None:
       loaders = list(itertools.islice(loaders, limit))
     path = fileio.join(out_dir, name, "metrics.json")
-    reports = evaluation.Reports(path, None, {**meta, **set_meta, "limit": limit,
+    reports = scoring.Reports(path, None, {**meta, **set_meta, "limit": limit,
                                               "quantize": "round"})
-    results[name] = evaluation.score_samples(derainer, loaders, reports, extra=extra,
+    results[name] = scoring.score_samples(derainer, loaders, reports, extra=extra,
                                              score_input=score_input, progress=False)
   return results
 
@@ -59,8 +63,8 @@ def score(derainer: Callable, sets: dict[str, Any], out_dir: str, meta: dict,
 def score_run(run_dir: str, sets: dict[str, Any], limit: int | None, extra: Metric | None,
               data_dir: str | None = None) -> dict[str, dict]:
   """Scores the final weights of a training run (its checkpoint's params: the EMA when on)."""
-  path = checkpoint.step_dir(fileio.join(run_dir, "checkpoints"))
-  derainer = infer.Derainer(checkpoint.load_model(path))
+  path = model_files.step_dir(fileio.join(run_dir, "checkpoints"))
+  derainer = infer.Derainer(model_files.load_model(path))
   return score(derainer, sets, fileio.join(run_dir, "scores"),
                {"checkpoint": path, "step": int(fileio.basename(path))}, limit, extra,
                data_dir=data_dir)

@@ -1,11 +1,11 @@
 """The frozen networks the training losses run: VGG-16, AlexNet and the LPIPS heads, and the
 ResNet-FPN of the segmentation-aware loss, built and loaded from config.loss.
 
-sapnet_jax.losses computes the terms from arrays and these modules; loading weights (convert,
+sapnet_jax.losses.sapnet computes the terms from arrays and these modules; loading weights (convert,
 checkpoint) happens here, once, outside jit:
 
     frozen = loss_networks.build_frozen_nets(config.loss)   # logs what is random
-    total, terms = losses.total_loss(config.loss, frozen, derained, clean, rainy, epoch=epoch)
+    total, terms = sapnet.total_loss(config.loss, frozen, derained, clean, rainy, epoch=epoch)
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import checkpoint, convert, losses
-from sapnet_jax.losses import LossConfigError, field
+from sapnet_jax import convert
+from sapnet_jax.losses import sapnet
+from sapnet_jax.weights import model_files
+from sapnet_jax.losses.sapnet import LossConfigError, field
 from sapnet_jax.models import alexnet, resnet_fpn, vgg
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def _weights_path(cfg, name: str, needed_by: str, hint: str) -> str:
 def _load_trunk(module_fn, path: str, kind: str) -> nnx.Module:
   module = nnx.eval_shape(lambda: module_fn(nnx.Rngs(0)))
   flat = convert.load_backbone(path, kind)
-  present = set(checkpoint.flatten(nnx.to_pure_dict(nnx.state(module))))
+  present = set(model_files.flatten(nnx.to_pure_dict(nnx.state(module))))
   flat = {k: v for k, v in flat.items() if k in present}  # deeper layers than needed: unused
   return convert.fill_module(module, flat, path)
 
@@ -92,7 +94,7 @@ def build_frozen_nets(cfg: Any) -> FrozenNets:
   Missing VGG/AlexNet/LPIPS weights raise LossConfigError naming the config field; a missing
   ResNet encoder leaves the segmentation net random but fixed (seeded), logged as a warning.
   """
-  needs = losses.needed_nets(cfg)
+  needs = sapnet.needed_nets(cfg)
   dtype = field(cfg, "perceptual_dtype")
   notes = []
   trunk_vgg = trunk_alex = heads = seg = None

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-from sapnet_jax import fileio
+from sapnet_jax.utils import fileio
 from sapnet_jax.models import ops
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}

@@ -3,7 +3,7 @@ negative SSIM, perceptual contrastive loss (PCL) or its L1 ablation, differentia
 the segmentation-aware focal loss.
 
 Pure functions of arrays and modules: the frozen networks are built and loaded by
-sapnet_jax.loss_networks. Interface for the trainer (all images NHWC float32, nominally in
+sapnet_jax.losses.frozen_nets. Interface for the trainer (all images NHWC float32, nominally in
 [0, 1]):
 
     frozen = loss_networks.build_frozen_nets(config.loss)  # once, outside jit
@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import config_util, metrics
+from sapnet_jax.metrics import full_reference
+from sapnet_jax.utils import config_field
 from sapnet_jax.models import alexnet, vgg
 
 # LPIPS v0.1 input scaling (lpips.ScalingLayer), applied to images in [-1, 1].
@@ -61,7 +62,7 @@ class LossConfigError(ValueError):
 
 
 # A config.loss field; a missing one raises LossConfigError naming it.
-field = functools.partial(config_util.field, where="config.loss", error=LossConfigError)
+field = functools.partial(config_field.field, where="config.loss", error=LossConfigError)
 
 
 # --- SSIM -----------------------------------------------------------------------------------
@@ -73,9 +74,9 @@ def _at_least_f32(x: jax.Array) -> jax.DTypeLike:
 
 def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
   """Mean SSIM as PReNet's SSIM.py: 11x11 Gaussian window (sigma 1.5), per channel, zero
-  padding ("same"); metrics.ssim with padding="same", in float32 at least."""
+  padding ("same"); full_reference.ssim with padding="same", in float32 at least."""
   dtype = _at_least_f32(x)
-  return jnp.mean(metrics.ssim(x.astype(dtype), y.astype(dtype), padding="same"))
+  return jnp.mean(full_reference.ssim(x.astype(dtype), y.astype(dtype), padding="same"))
 
 
 def ssim_loss(derained: jax.Array, clean: jax.Array) -> jax.Array:

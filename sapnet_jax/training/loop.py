@@ -36,8 +36,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from sapnet_jax import (checkpoint, evaluation, fileio, infer, metrics, models, objectives,
-                        pretrained, summaries, xla_options)
+from sapnet_jax import infer, models, pretrained
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.losses import objectives
+from sapnet_jax.metrics import full_reference
+from sapnet_jax.runtime import xla_options
+from sapnet_jax.training import summaries
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import model_files
 from sapnet_jax.data import imageio
 
 GRAD_TERM = "gradients"
@@ -231,7 +237,7 @@ def initial_model(config: Any, platform: str) -> nnx.Module:
   model = models.build(cfg, nnx.Rngs(config.seed))
   if config.train.init_weights:
     source = pretrained.load(config.train.init_weights)
-    diff = checkpoint.config_differences(models.architecture(models.config_to_dict(source.cfg)),
+    diff = model_files.config_differences(models.architecture(models.config_to_dict(source.cfg)),
                                          models.architecture(models.config_to_dict(model.cfg)))
     if diff:
       raise ValueError(f"train.init_weights={config.train.init_weights!r} is another "
@@ -246,7 +252,7 @@ def _host_params(params: Any) -> Any:
 
 
 class Validator:
-  """Periodic validation through the evaluation code (sapnet_jax.evaluation), on process 0."""
+  """Periodic validation through the evaluation code (sapnet_jax.evaluation.scoring), on process 0."""
 
   def __init__(self, config: Any, graphdef: Any, params: Any, workdir: str):
     self.config, self.workdir = config, workdir
@@ -262,7 +268,7 @@ class Validator:
     self.derainer.update(_host_params(params))
     data_dir = self.config.data.get("data_dir")
     out = fileio.join(self.workdir, "eval", f"step_{step}")
-    results = evaluation.evaluate_sets(self.derainer, self.config.eval, out, {"step": step},
+    results = scoring.evaluate_sets(self.derainer, self.config.eval, out, {"step": step},
                                        data_dir, progress=False)
     for name, summary in results.items():
       writer.scalars(step, summary["means"], prefix=f"val/{name}")
@@ -345,14 +351,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   last logged metrics (and the last validation result under "val")."""
   from sapnet_jax.data import pipeline  # deferred: see steps_per_epoch
   try:  # the best checkpoint follows its direction: an unknown name fails now, not at a save
-    metrics.higher_is_better(config.train.val_metric)
+    full_reference.higher_is_better(config.train.val_metric)
   except ValueError as e:
     raise ValueError(f"train.val_metric: {e}") from None
   fileio.makedirs(workdir)
   if config.data.get("prepare", False):
     _prepare_datasets(config.data)
   # Every validation set is checked now: a missing or unreadable one fails before step 1.
-  on_process_0(lambda: evaluation.check_sets(config.eval, config.data.get("data_dir")),
+  on_process_0(lambda: scoring.check_sets(config.eval, config.data.get("data_dir")),
                "checking config.eval.sets")
   mesh = make_mesh()
   model = initial_model(config, mesh.devices.flat[0].platform)
@@ -366,7 +372,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                     ema_decay=config.train.get("ema_decay", 0.0))
   state = trainer.init_state(params)
   data = pipeline.make_train_iterator(config.data, seed=config.data.seed)
-  ckpts = checkpoint.TrainCheckpoints(fileio.join(workdir, "checkpoints"),
+  ckpts = model_files.TrainCheckpoints(fileio.join(workdir, "checkpoints"),
                                       keep=config.train.keep_checkpoints,
                                       async_save=config.train.async_checkpoints,
                                       compare=models.architecture,

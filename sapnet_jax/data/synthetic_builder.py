@@ -12,13 +12,13 @@ on pairs made here. The TFDS builder `synthetic_rain` has these configs:
            `shared/data/clean_pool`, 150 photos). validation: chelsea and every 10th MANUAL_DIR
            image by name (1 draw each); train: all others (2 draws each).
   shipped_rain100h, pool_rain100h
-           the same pairs with rain drawn like Rain100H's (`synth.RAIN100H`), closer to what
+           the same pairs with rain drawn like Rain100H's (`rain_renderer.RAIN100H`), closer to what
            the released weights were trained on (configs/finetune.py; docs/fidelity.md).
 
 Validation scenes never appear in training (held out by image, not by draw). Every pair's
 seed is derived from the image name and draw number (`pair_seed`), so a build gives the same
 pairs every time, whatever the order or the other images. Draws cycle through the default,
-heavy and light rain styles of `synth.py`, without their veil (rain streaks only), except in
+heavy and light rain styles of `rain_renderer.py`, without their veil (rain streaks only), except in
 the *_rain100h configs.
 
 Built by `sapnet_jax.data.prepare` like every dataset; `demo.build_demo(data_dir)` builds the
@@ -35,16 +35,17 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sapnet_jax.data import builders, imageio, synth
+from sapnet_jax.data import builders, imageio
+from sapnet_jax.data import rain_renderer
 from sapnet_jax.data.pairs import LayoutError
 
 IMAGES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_images")
 SHIPPED = ("astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg")
 SHIPPED_HELD_OUT = ("chelsea.jpg",)
-# Streaks without the veil (synth.py still draws veils): three photos do not teach the small
+# Streaks without the veil (rain_renderer.py still draws veils): three photos do not teach the small
 # demo network to undo a global veil, while it learns streaks (docs/fidelity.md, Training).
 DRAW_STYLES = tuple(dataclasses.replace(s, haze_probability=0.0)
-                    for s in (synth.RainStyle(), synth.HEAVY, synth.LIGHT))
+                    for s in (rain_renderer.RainStyle(), rain_renderer.HEAVY, rain_renderer.LIGHT))
 SEED = 20220104  # fixed: the dataset is part of the package, not of an experiment
 
 
@@ -54,7 +55,7 @@ class SyntheticRainConfig(tfds.core.BuilderConfig):
   rain styles its draws cycle through."""
 
   pool: bool = False
-  styles: tuple[synth.RainStyle, ...] = DRAW_STYLES
+  styles: tuple[rain_renderer.RainStyle, ...] = DRAW_STYLES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ def demo_items(clean_dir: str | None) -> dict[str, list[DemoItem]]:
 
 
 class SyntheticRain(builders.PairedBuilder):
-  """Synthetic rain over clean photos: the demo dataset (see sapnet_jax/data/synthetic_rain.py).
+  """Synthetic rain over clean photos: the demo dataset (see sapnet_jax/data/synthetic_builder.py).
 
   Configs `shipped` and `shipped_rain100h` need no MANUAL_DIR; `pool` and `pool_rain100h` read
   the clean photos directly in MANUAL_DIR (not recursive), e.g. the project's
@@ -119,9 +120,9 @@ class SyntheticRain(builders.PairedBuilder):
       SyntheticRainConfig(name="shipped", description="the 4 shipped photos only"),
       SyntheticRainConfig(name="pool", description="shipped photos + MANUAL_DIR photos",
                           pool=True),
-      SyntheticRainConfig(name="shipped_rain100h", styles=(synth.RAIN100H,),
+      SyntheticRainConfig(name="shipped_rain100h", styles=(rain_renderer.RAIN100H,),
                           description="the 4 shipped photos, Rain100H-like rain"),
-      SyntheticRainConfig(name="pool_rain100h", pool=True, styles=(synth.RAIN100H,),
+      SyntheticRainConfig(name="pool_rain100h", pool=True, styles=(rain_renderer.RAIN100H,),
                           description="shipped + MANUAL_DIR photos, Rain100H-like rain"),
   ]
   DEFAULT_CONFIG_NAME = "shipped"
@@ -135,7 +136,7 @@ class SyntheticRain(builders.PairedBuilder):
     clean_bytes, clean = builders.encode_image_file(pair.clean)
     styles = self.builder_config.styles
     style = styles[pair.draw % len(styles)]
-    rainy, _ = synth.add_rain(clean, pair_seed(SEED, pair.source, pair.draw), style)
+    rainy, _ = rain_renderer.add_rain(clean, pair_seed(SEED, pair.source, pair.draw), style)
     return {"rainy": builders.png_bytes(imageio.to_uint8(rainy)), "clean": clean_bytes,
             "size": np.array(clean.shape[:2], np.int32)}
 

@@ -1,6 +1,6 @@
 """No-reference image quality for real rainy photos: NIQE and BRISQUE (lower is better).
 
-Both run per image in NumPy/SciPy from model parameters shipped in `sapnet_jax/iqa_params/`
+Both run per image in NumPy/SciPy from model parameters shipped in `sapnet_jax/metrics/iqa_params/`
 (nothing is downloaded); `iqa_params/README.txt` names their origin and licences. Each follows
 one reference implementation, against which `tests/test_noref_metrics.py` checks it:
 

@@ -18,7 +18,7 @@ so the default normalises it into the covariance, 1/(N − 1) as numpy.cov does;
 The weight ω (paper §4.1: 1) is applied by the caller.
 
 Supervised loss. The paper does not say which loss supervises the synthetic pairs; we use
-ssim_weight·(−SSIM, `losses.ssim_loss`) + l1_weight·L1, both weights from the config (docs/fidelity.md, MSNet).
+ssim_weight·(−SSIM, `sapnet.ssim_loss`) + l1_weight·L1, both weights from the config (docs/fidelity.md, MSNet).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sapnet_jax import losses
+from sapnet_jax.losses import sapnet
 
 COV_NORMS = ("unbiased", "biased", "none")
 
@@ -97,9 +97,9 @@ def supervised_loss(derained: jax.Array, clean: jax.Array,
   if derained.shape != clean.shape:
     raise ValueError(f"derained and clean images differ in shape: {derained.shape} vs "
                      f"{clean.shape}")
-  neg_ssim = losses.ssim_loss(derained, clean)
+  neg_ssim = sapnet.ssim_loss(derained, clean)
   dtype = jnp.promote_types(derained.dtype, jnp.float32)
   l1 = jnp.mean(jnp.abs(derained.astype(dtype) - clean.astype(dtype)))
-  weight = {k: float(losses.field(cfg, k)) for k in ("ssim_weight", "l1_weight")}
+  weight = {k: float(sapnet.field(cfg, k)) for k in ("ssim_weight", "l1_weight")}
   total = weight["ssim_weight"] * neg_ssim + weight["l1_weight"] * l1
   return total, {"ssim": neg_ssim, "l1": l1}

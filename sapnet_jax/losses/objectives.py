@@ -13,7 +13,7 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
-from sapnet_jax import loss_networks, losses, matching_loss
+from sapnet_jax.losses import frozen_nets, msnet, sapnet
 
 
 def build(config: Any) -> tuple[Callable, Any]:
@@ -27,12 +27,12 @@ def build(config: Any) -> tuple[Callable, Any]:
 
 def _pdu_objective(loss_cfg: Any) -> tuple[Callable, Any]:
   """SAPNet/PReNet: -SSIM plus the perceptual, LPIPS and segmentation terms of config.loss."""
-  graphdef, frozen = nnx.split(loss_networks.build_frozen_nets(loss_cfg))
+  graphdef, frozen = nnx.split(frozen_nets.build_frozen_nets(loss_cfg))
 
   def loss_fn(model: nnx.Module, frozen_state: Any, batch: dict, epoch: jax.Array):
     derained = model(batch["rainy"])
     nets = nnx.merge(graphdef, jax.lax.stop_gradient(frozen_state))
-    return losses.total_loss(loss_cfg, nets, derained, batch["clean"], batch["rainy"],
+    return sapnet.total_loss(loss_cfg, nets, derained, batch["clean"], batch["rainy"],
                              epoch=epoch)
 
   return loss_fn, frozen
@@ -49,9 +49,9 @@ def _msnet_objective(loss_cfg: Any, has_real: bool) -> Callable:
   def loss_fn(model: nnx.Module, frozen_state: Any, batch: dict, epoch: jax.Array):
     del frozen_state, epoch
     derained, feat_syn = model(batch["rainy"], return_features=True)
-    total, terms = matching_loss.supervised_loss(derained, batch["clean"], loss_cfg)
+    total, terms = msnet.supervised_loss(derained, batch["clean"], loss_cfg)
     if weight:
-      match, parts = matching_loss.matching_loss(
+      match, parts = msnet.matching_loss(
           feat_syn, model.features(batch["real"]), squared=bool(loss_cfg.matching_squared),
           cov_norm=str(loss_cfg.matching_cov_norm))
       total = total + weight * match

@@ -10,7 +10,7 @@ In both, a tensor is `_rebuild_tensor_v2(storage, offset, size, stride, ...)`.
 
 Unpickling is restricted to the few globals a state_dict needs, so a crafted file cannot run
 code (which `torch.load` without `weights_only` would allow). Files are opened through
-`sapnet_jax.fileio`, so a path may be a URI (gs://bucket/net.pth).
+`sapnet_jax.utils.fileio`, so a path may be a URI (gs://bucket/net.pth).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from sapnet_jax import fileio
+from sapnet_jax.utils import fileio
 
 _DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,

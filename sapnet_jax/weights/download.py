@@ -11,8 +11,8 @@ import hashlib
 import os
 import urllib.request
 
-from sapnet_jax import fileio
-from sapnet_jax.fileio import atomic_write, cache_dir
+from sapnet_jax.utils import fileio
+from sapnet_jax.utils.fileio import atomic_write, cache_dir
 
 
 class DownloadError(OSError):

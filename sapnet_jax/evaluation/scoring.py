@@ -2,7 +2,7 @@
 library behind `python -m sapnet_jax.evaluate`, `sapnet_jax.compare`, `main --mode=eval` and
 training's validation.
 
-With a clean image every image gets the six full-reference numbers of sapnet_jax.metrics (each
+With a clean image every image gets the six full-reference numbers of sapnet_jax.metrics.full_reference (each
 key names its convention); without one, NIQE and BRISQUE of the input and of the output.
 Outputs are quantized as saved images are (default: rounded to 8 bits, as `derain` writes them;
 "floor" reproduces the official test.py, which truncates). Reports are rewritten atomically
@@ -26,9 +26,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sapnet_jax import checkpoint, fileio, infer, metrics, models, pretrained
+from sapnet_jax import infer, models, pretrained
+from sapnet_jax.metrics import full_reference
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import model_files
 from sapnet_jax.data import imageio, pairs
-from sapnet_jax.fileio import atomic_write
+from sapnet_jax.utils.fileio import atomic_write
 
 QUANTIZE = ("round", "floor", "none")
 NOREF_KEYS = ("niqe", "brisque", "niqe_input", "brisque_input")
@@ -199,7 +202,7 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
       if outputs_dir:
         imageio.write_png(fileio.join(outputs_dir, os.path.splitext(sample.name)[0] + ".png"), out)
       if sample.clean is not None:
-        row = metrics.score_pair(out, sample.clean, border)
+        row = full_reference.score_pair(out, sample.clean, border)
         if extra is not None:
           row.update(extra(out, sample.clean))
         badness = -row["psnr_rgb"]
@@ -229,14 +232,14 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
 
 def score_noref(out: np.ndarray, rainy: np.ndarray | None, border: int = 0
                 ) -> dict[str, float]:
-  """NIQE and BRISQUE (sapnet_jax.noref_metrics) of the output and of the rainy input (unless
+  """NIQE and BRISQUE (sapnet_jax.metrics.no_reference) of the output and of the rainy input (unless
   None), less `border` pixels on each side (for NIQE the same as BasicSR's crop_border)."""
-  from sapnet_jax import noref_metrics  # deferred: only real photos need it (and SciPy)
+  from sapnet_jax.metrics import no_reference  # deferred: only real photos need it (and SciPy)
   crop = (slice(border, -border),) * 2 if border else (slice(None),) * 2
-  row = {"niqe": noref_metrics.niqe(out[crop]), "brisque": noref_metrics.brisque(out[crop])}
+  row = {"niqe": no_reference.niqe(out[crop]), "brisque": no_reference.brisque(out[crop])}
   if rainy is not None:
-    row.update(niqe_input=noref_metrics.niqe(rainy[crop]),
-               brisque_input=noref_metrics.brisque(rainy[crop]))
+    row.update(niqe_input=no_reference.niqe(rainy[crop]),
+               brisque_input=no_reference.brisque(rainy[crop]))
   return row
 
 
@@ -335,10 +338,10 @@ def evaluate_workdir(config, workdir: str) -> dict[str, dict]:
                                  for c in fileio.basename(ev.weights.rstrip("/")))
     meta = {"weights": ev.weights}
   else:
-    path = checkpoint.step_dir(fileio.join(workdir, "checkpoints"),
+    path = model_files.step_dir(fileio.join(workdir, "checkpoints"),
                                None if ev.step < 0 else ev.step)
     step = fileio.basename(path)
-    model = checkpoint.load_model(path, **eval_overrides(config.model))
+    model = model_files.load_model(path, **eval_overrides(config.model))
     label, meta = f"step_{step}", {"checkpoint": path, "step": int(step)}
   # impl=None: the kernel set the config asked for, as resolved when the weights were loaded.
   results = evaluate_sets(infer.Derainer(model, impl=None), ev,

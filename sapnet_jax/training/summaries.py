@@ -17,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
-from sapnet_jax import fileio
+from sapnet_jax.utils import fileio
 
 
 class _ObjectFile:
@@ -38,7 +38,7 @@ class _ObjectFile:
 
 class _ObjectFiles:
   """tensorboardX writer factory for URI schemes (its own gs:// writer needs
-  google-cloud-storage; this one goes through sapnet_jax.fileio like every other file)."""
+  google-cloud-storage; this one goes through sapnet_jax.utils.fileio like every other file)."""
 
   def open(self, path: str) -> _ObjectFile:
     return _ObjectFile(path)
