@@ -6,7 +6,7 @@
    -SSIM + L1) as 2 processes x 2 CPU devices (launch/local_multiprocess.sh) and as 1 process
    x 4 CPU devices, same global batch: the median of `train/steps/s` over the logged
    intervals after the first (which holds the compile).
-2. Checkpoint save and restore time (model_files.TrainCheckpoints: params, Adam state, configs)
+2. Checkpoint save and restore time (checkpoints.TrainCheckpoints: params, Adam state, configs)
    of the full SAPNet into a local folder and into a bucket of fake-gcs-server on localhost
    (needs the `test` extra), median of --repeats.
 """
@@ -53,14 +53,14 @@ def checkpoint_times(directory: str, repeats: int) -> dict:
   from configs import default
   from sapnet_jax import models
   from sapnet_jax.training import loop
-  from sapnet_jax.weights import model_files
+  from sapnet_jax.training import checkpoints
   config = default.get_config()
   model = models.build(models.config_from_dict(config.model.to_dict()), nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   trainer = loop.Trainer(graphdef, config.optim, lambda *a: None, steps_per_epoch=100)
   state = trainer.init_state(nnx.to_pure_dict(params))
   rest = state.replace(params=None)
-  ckpts = model_files.TrainCheckpoints(directory, keep=2, async_save=False)
+  ckpts = checkpoints.TrainCheckpoints(directory, keep=2, async_save=False)
   model_config = models.config_to_dict(model.cfg)
   saves, restores = [], []
   for step in range(1, repeats + 1):

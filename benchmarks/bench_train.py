@@ -47,7 +47,7 @@ def _jax_step(loss: str, form: str, impl: str, n: int, patch: int, dtype: str = 
   from configs import default
   from sapnet_jax import pretrained
   from sapnet_jax.losses import objectives
-  from sapnet_jax.training import loop
+  from sapnet_jax.training import train_step
   config = default.get_config()
   config.model.scan = form == "scan"
   model = pretrained.load(scan=form == "scan", impl=impl, dtype=dtype)
@@ -60,7 +60,7 @@ def _jax_step(loss: str, form: str, impl: str, n: int, patch: int, dtype: str = 
                        lpips_weights=os.path.join(w, "lpips", "alex_v0.1.pth"), seg_start_epoch=0)
   loss_fn, frozen = objectives.build(config)
   graphdef, params = nnx.split(model)
-  trainer = loop.Trainer(graphdef, config.optim, loss_fn, steps_per_epoch=1000)
+  trainer = train_step.Trainer(graphdef, config.optim, loss_fn, steps_per_epoch=1000)
   state = [trainer.init_state(nnx.to_pure_dict(params))]
   batch = trainer.global_batch(_batch(n, patch))
 

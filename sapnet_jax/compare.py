@@ -14,105 +14,12 @@ work (a bad one is one line and exit status 2), and so is that OUT is no input f
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import Sequence
 
-import numpy as np
-from PIL import Image, ImageDraw
-
-from sapnet_jax import infer, pretrained
-from sapnet_jax.evaluation import scoring
-from sapnet_jax.utils import fileio
-from sapnet_jax.data import imageio
-from sapnet_jax.utils.fileio import atomic_write
-from sapnet_jax.utils import flags
-
-LOWER_IS_BETTER = ("niqe", "brisque", "niqe_input", "brisque_input")
-
-
-def parse_model(spec: str) -> tuple[str, str]:
-  """`LABEL=NAME|PATH` (or a bare name, which is then its own label)."""
-  label, sep, weights = spec.partition("=")
-  if not sep:
-    # normpath would turn gs://b/x into gs:/b/x; a URI only loses its trailing slashes.
-    label = fileio.basename(spec) if fileio.is_remote(spec) else \
-        os.path.basename(os.path.normpath(spec))
-    weights = spec
-  if not label or not weights or os.sep in label:
-    raise ValueError(f"--model {spec!r}: expected LABEL=NAME|PATH with a plain label")
-  return label, weights
-
-
-def markdown_table(means: dict[str, dict[str, float]]) -> str:
-  keys = [k for k in scoring.CONVENTIONS if any(k in m for m in means.values())]
-  head = ["model", *(f"{k} {'↓' if k in LOWER_IS_BETTER else '↑'}" for k in keys)]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for label, m in means.items():
-    lines.append("| " + " | ".join([label, *(f"{m[k]:.4f}" if k in m else "" for k in keys)]) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def comparison_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str],
-                    gap: int = 4, header: int = 18) -> np.ndarray:
-  """A labelled figure from thumbnails of one height: one row per image, one column per label."""
-  cells = [[Image.fromarray(im) for im in row] for row in rows]
-  height = cells[0][0].height
-  widths = [max(r[c].width for r in cells) for c in range(len(labels))]
-  canvas = Image.new("RGB", (sum(widths) + gap * (len(widths) + 1),
-                             header + len(cells) * (height + gap) + gap), "white")
-  draw = ImageDraw.Draw(canvas)
-  x = gap
-  for c, label in enumerate(labels):
-    draw.text((x + 2, 3), label, fill="black")
-    for r, row in enumerate(cells):
-      canvas.paste(row[c], (x, header + gap + r * (height + gap)))
-    x += widths[c] + gap
-  return np.asarray(canvas)
-
-
-def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | None, out: str,
-            images: Sequence[str] = (), count: int = 4, tile: int | None = infer.DEFAULT_TILE,
-            overlap: int = infer.DEFAULT_OVERLAP, progress: bool = True) -> dict[str, dict]:
-  """Scores every model, writes the reports and the figure; returns {label: means}."""
-  labels = [label for label, _ in models]
-  if len(set(labels)) != len(labels):
-    raise ValueError(f"--model labels must differ: {labels}")
-  loaders, problems = scoring.folder_samples(rainy_dir, clean_dir)
-  scoring.check_problems(problems, skip_bad=False)
-  names = list(images) or sorted(fileio.basename(p) for p in imageio.list_images(rainy_dir))[:count]
-  means, thumbs = {}, {}
-  for label, weights in models:
-    grid = scoring.GridCollector(len(names), names)
-    derainer = infer.Derainer(pretrained.load(weights))
-    reports = scoring.Reports(fileio.join(out, label, "metrics.json"),
-                                 fileio.join(out, label, "metrics.csv"),
-                                 {"model": label, "weights": weights, "rainy": rainy_dir,
-                                  "clean": clean_dir, "quantize": "round", "crop_border": 0})
-    summary = scoring.score_samples(derainer, loaders, reports, tile=tile, overlap=overlap,
-                                       outputs_dir=fileio.join(out, label, "outputs"),
-                                       grid=grid, progress=progress)
-    means[label], thumbs[label] = summary["means"], grid.thumbnails()
-    print(f"[{label}] {weights}\n{scoring.format_table(summary)}")
-  with atomic_write(fileio.join(out, "comparison.json")) as f:
-    f.write(json.dumps({"rainy": rainy_dir, "clean": clean_dir,
-                        "models": dict(models), "means": means,
-                        "conventions": {k: scoring.CONVENTIONS[k]
-                                        for k in next(iter(means.values()))}},
-                       indent=1).encode())
-  with atomic_write(fileio.join(out, "comparison.md")) as f:
-    f.write(markdown_table(means).encode())
-  # Each model's collector holds rainy | its output [| clean]: take the inputs from the first.
-  first = thumbs[labels[0]]
-  missing = [n for n in names if n not in first]
-  if missing:
-    raise ValueError(f"--images: not among the scored images of {rainy_dir}: {', '.join(missing)}")
-  rows = [[first[n][0], *(thumbs[label][n][1] for label in labels), *first[n][2:]] for n in names]
-  imageio.write_png(fileio.join(out, "grid.png"),
-                    comparison_grid(rows, ["rainy", *labels, *(["clean"] if clean_dir else [])]))
-  return means
-
+from sapnet_jax import infer
+from sapnet_jax.evaluation import comparison
+from sapnet_jax.utils import fileio, flags
 
 def check_out(parser: argparse.ArgumentParser, out: str, labels: Sequence[str],
               input_dirs: Sequence[str | None]) -> None:
@@ -142,15 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   flags.check_tiling(parser, args)
   try:
-    models = [parse_model(m) for m in args.model]
+    models = [comparison.parse_model(m) for m in args.model]
     check_out(parser, args.out, [label for label, _ in models], [args.rainy, args.clean])
-    means = compare(models, args.rainy, args.clean, args.out,
+    means = comparison.compare(models, args.rainy, args.clean, args.out,
                     [n for n in args.images.split(",") if n], args.count, args.tile or None,
                     args.overlap)
   except (ValueError, OSError) as e:  # PairError, unknown weights, unreadable images
     print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
     return 1
-  print(markdown_table(means), end="")
+  print(comparison.markdown_table(means), end="")
   return 0
 
 

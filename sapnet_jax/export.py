@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import convert, infer, models, pretrained
+from sapnet_jax import infer, models, pretrained
+from sapnet_jax.weights import torch_layout
 from sapnet_jax.utils import fileio
 from sapnet_jax.weights import download, model_files, pth
-from sapnet_jax.models import pdu
 from sapnet_jax.utils import flags
 
 FORMATS = ("stablehlo", "onnx")
@@ -236,17 +236,6 @@ def weights_digest(path: str) -> str:
   return h.hexdigest()
 
 
-def architecture_name(cfg: Any) -> str:
-  """"sapnet", "prenet", "prn", "msnet", or "custom pdu" for other PDU configs."""
-  config = models.config_to_dict(cfg)
-  if config["family"] != "pdu":
-    return config["family"]
-  for name, preset in pdu.PRESETS.items():
-    if models.architecture(models.config_to_dict(preset)) == models.architecture(config):
-      return name
-  return "custom pdu"
-
-
 def _version(package: str) -> str:
   try:
     return importlib.metadata.version(package)
@@ -271,7 +260,7 @@ def write_exports(model: nnx.Module, out: str, *, formats: Sequence[str] = FORMA
   want = np.asarray(infer.Derainer(model).batch(images)) if check else None
   manifest: dict[str, Any] = {
       "format": "sapnet_jax export 1",
-      "model": {"name": name, "architecture": architecture_name(ref.cfg),
+      "model": {"name": name, "architecture": models.preset_name(ref.cfg) or "custom pdu",
                 "parameters": models.count_params(ref),
                 "config": models.config_to_dict(ref.cfg)},
       "weights": {"source": source or weights,
@@ -346,7 +335,7 @@ def load_weights(name_or_path: str) -> tuple[nnx.Module, str]:
     return pretrained.load(path), path
   except pretrained.UnknownWeightsError as e:
     raise UsageError(f"--weights: {e}") from None
-  except (model_files.CheckpointError, convert.ConversionError, pth.PthError, OSError) as e:
+  except (model_files.CheckpointError, torch_layout.ConversionError, pth.PthError, OSError) as e:
     raise UsageError(f"--weights {name_or_path}: {e}") from None
 
 

@@ -18,7 +18,8 @@ from flax import nnx
 
 from conftest import FIXTURES, shared_path
 from fixtures import numpy_state_dicts
-from sapnet_jax import convert
+from sapnet_jax.weights import torch_layout
+from sapnet_jax.weights import backbones
 from sapnet_jax.weights import model_files
 from sapnet_jax.models import alexnet, resnet_fpn, vgg
 
@@ -33,7 +34,7 @@ def rel_err(ours, ref):
 def torchvision_vgg_state_dict(npz):
   """The ../shared HWIO arrays laid out as torchvision's vgg16 state_dict (plus a classifier)."""
   sd = {}
-  for idx, name in zip(convert._VGG16_CONVS, convert._VGG16_NAMES):
+  for idx, name in zip(backbones._VGG16_CONVS, backbones._VGG16_NAMES):
     sd[f"features.{idx}.weight"] = npz[f"{name}/kernel"].transpose(3, 2, 0, 1)
     sd[f"features.{idx}.bias"] = npz[f"{name}/bias"]
   sd["classifier.0.weight"] = np.zeros((4, 8), np.float32)
@@ -46,10 +47,10 @@ def vgg_npz():
 
 
 def test_vgg16_matches_torchvision(vgg_npz):
-  flat = convert.vgg16_from_state_dict(torchvision_vgg_state_dict(vgg_npz))
+  flat = backbones.vgg16_from_state_dict(torchvision_vgg_state_dict(vgg_npz))
   for k, v in flat.items():  # the converter restores the HWIO arrays exactly
     np.testing.assert_array_equal(v, vgg_npz[k])
-  net = convert.fill_module(nnx.eval_shape(lambda: vgg.VGG16Features(rngs=nnx.Rngs(0))), flat, "t")
+  net = backbones.fill_module(nnx.eval_shape(lambda: vgg.VGG16Features(rngs=nnx.Rngs(0))), flat, "t")
   x = FX["clean"][:1].astype(np.float32) / 255.0
   feats = jax.jit(lambda x: net(x, outputs=vgg.LPIPS_LAYERS))(x)
   for name in vgg.LPIPS_LAYERS:
@@ -72,13 +73,13 @@ def test_vgg16_stops_at_last_layer():
 def test_alexnet_converter_roundtrip():
   npz = dict(np.load(shared_path("weights/alexnet_imagenet/alexnet_features_hwio.npz")))
   sd = {f"features.{i}.weight": npz[f"conv{k + 1}/kernel"].transpose(3, 2, 0, 1)
-        for k, i in enumerate(convert._ALEXNET_CONVS)}
-  sd |= {f"features.{i}.bias": npz[f"conv{k + 1}/bias"] for k, i in enumerate(convert._ALEXNET_CONVS)}
-  flat = convert.alexnet_from_state_dict(sd)
+        for k, i in enumerate(backbones._ALEXNET_CONVS)}
+  sd |= {f"features.{i}.bias": npz[f"conv{k + 1}/bias"] for k, i in enumerate(backbones._ALEXNET_CONVS)}
+  flat = backbones.alexnet_from_state_dict(sd)
   assert sorted(flat) == sorted(npz)
   for k in flat:
     np.testing.assert_array_equal(flat[k], npz[k])
-  net = convert.fill_module(nnx.eval_shape(lambda: alexnet.AlexNetFeatures(rngs=nnx.Rngs(0))),
+  net = backbones.fill_module(nnx.eval_shape(lambda: alexnet.AlexNetFeatures(rngs=nnx.Rngs(0))),
                             flat, "t")
   out = net(np.zeros((1, 64, 64, 3), np.float32))
   assert [out[k].shape[1] for k in alexnet.LAYERS] == [15, 7, 3, 3, 3]  # torchvision's sizes
@@ -87,7 +88,7 @@ def test_alexnet_converter_roundtrip():
 def _seg_net(sd, depths=(1, 2, 1, 1)):
   cfg = resnet_fpn.ResNetFPNConfig(depths=depths)
   net = nnx.eval_shape(lambda: resnet_fpn.ResNetFPN(cfg, rngs=nnx.Rngs(0)))
-  return convert.fill_module(net, convert.fpn_from_state_dict(sd), "seeded")
+  return backbones.fill_module(net, backbones.fpn_from_state_dict(sd), "seeded")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_torchvision_and_timm_resnet_encoders_load(seg_net):
   # timm's resnet101 uses torchvision's names; a `module.`/`model.` prefix is stripped.
   sd = numpy_state_dicts.resnet_state_dict(seed=0)
   for prefix in ("", "model."):
-    flat = convert.resnet_from_state_dict({prefix + k: v for k, v in sd.items()})
+    flat = backbones.resnet_from_state_dict({prefix + k: v for k, v in sd.items()})
     ref = model_files.flatten(nnx.to_pure_dict(nnx.state(seg_net.resnet)))
     assert sorted(flat) == sorted(ref)
     for k in flat:
@@ -122,7 +123,7 @@ def test_torchvision_and_timm_resnet_encoders_load(seg_net):
 def test_resnet101_layout_is_complete():
   # Every tensor of a torchvision ResNet-101 state_dict lands on a variable of the right shape.
   sd = numpy_state_dicts.resnet_state_dict(resnet_fpn.RESNET_DEPTHS[101], shapes_only=True)
-  flat = convert.resnet_from_state_dict(sd)
+  flat = backbones.resnet_from_state_dict(sd)
   net = nnx.eval_shape(lambda: resnet_fpn.ResNet(resnet_fpn.ResNetFPNConfig(), nnx.Rngs(0)))
   ref = model_files.flatten(nnx.to_pure_dict(nnx.state(net)))
   assert sorted(flat) == sorted(ref)
@@ -136,12 +137,12 @@ def test_resnet_converter_names_bad_keys():
   sd = numpy_state_dicts.resnet_state_dict(seed=0)
   bad = dict(sd)
   del bad["layer2.1.bn2.running_var"]
-  with pytest.raises(convert.ConversionError, match="layer2.1.bn2.running_var"):
-    convert.resnet_from_state_dict(bad)
-  with pytest.raises(convert.ConversionError, match="layer9.0.extra"):
-    convert.resnet_from_state_dict({**sd, "layer9.0.extra": np.zeros(1, np.float32)})
-  with pytest.raises(convert.ConversionError, match="deep-stem"):
-    convert.resnet_from_state_dict({**sd, "conv1.0.weight": np.zeros((1, 1, 1, 1), np.float32)})
+  with pytest.raises(torch_layout.ConversionError, match="layer2.1.bn2.running_var"):
+    backbones.resnet_from_state_dict(bad)
+  with pytest.raises(torch_layout.ConversionError, match="layer9.0.extra"):
+    backbones.resnet_from_state_dict({**sd, "layer9.0.extra": np.zeros(1, np.float32)})
+  with pytest.raises(torch_layout.ConversionError, match="deep-stem"):
+    backbones.resnet_from_state_dict({**sd, "conv1.0.weight": np.zeros((1, 1, 1, 1), np.float32)})
 
 
 def test_upsampling_is_pytorch_bilinear_half_pixel():

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import FIXTURES, shared_path
 from sapnet_jax import convert, pretrained
+from sapnet_jax.weights import torch_layout
+from sapnet_jax.weights import backbones
 from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
 from sapnet_jax.weights.pth import load_state_dict
@@ -25,7 +27,7 @@ TOL = 1e-4
 def _model(arch, scan, impl="reference"):
   if arch == "sapnet":  # shipped inside the package: runs without ../shared too
     return pretrained.load("sapnet-rain100h", scan=scan, impl=impl)
-  return convert.load_pth(str(shared_path(OFFICIAL[arch])), scan=scan, impl=impl)
+  return torch_layout.load_pth(str(shared_path(OFFICIAL[arch])), scan=scan, impl=impl)
 
 
 @pytest.mark.parametrize("impl", ["reference", "cpu"])
@@ -54,7 +56,7 @@ def test_fixture_crop_is_the_real_image():
 
 @pytest.mark.parametrize("arch", ["sapnet", "prenet", "prn"])
 def test_infer_arch(arch):
-  assert convert.infer_arch(load_state_dict(shared_path(OFFICIAL[arch]))) == arch
+  assert torch_layout.infer_arch(load_state_dict(shared_path(OFFICIAL[arch]))) == arch
 
 
 def _official_sd():
@@ -64,36 +66,36 @@ def _official_sd():
 def test_missing_key_is_named():
   sd = _official_sd()
   del sd["module.res_conv3.4.conv_1_1.weight"]
-  with pytest.raises(convert.ConversionError, match=r"missing keys: res_conv3\.4\.conv_1_1\.weight"):
-    convert.pdu_from_state_dict(sd, pdu.SAPNET)
+  with pytest.raises(torch_layout.ConversionError, match=r"missing keys: res_conv3\.4\.conv_1_1\.weight"):
+    torch_layout.pdu_from_state_dict(sd, pdu.SAPNET)
 
 
 def test_unused_key_is_named():
   sd = _official_sd()
   sd["module.extra.weight"] = np.zeros((3,), np.float32)
-  with pytest.raises(convert.ConversionError, match=r"unused keys: extra\.weight"):
-    convert.pdu_from_state_dict(sd, pdu.SAPNET)
+  with pytest.raises(torch_layout.ConversionError, match=r"unused keys: extra\.weight"):
+    torch_layout.pdu_from_state_dict(sd, pdu.SAPNET)
 
 
 def test_wrong_shape_is_named():
   sd = _official_sd()
   sd["module.conv_g.0.weight"] = np.zeros((32, 64, 5, 5), np.float32)
-  with pytest.raises(convert.ConversionError, match=r"conv_g\.0\.weight: shape"):
-    convert.pdu_from_state_dict(sd, pdu.SAPNET)
+  with pytest.raises(torch_layout.ConversionError, match=r"conv_g\.0\.weight: shape"):
+    torch_layout.pdu_from_state_dict(sd, pdu.SAPNET)
   sd = _official_sd()
   sd["module.conv0.0.weight"] = np.zeros((32, 3, 3, 3), np.float32)
-  with pytest.raises(convert.ConversionError, match=r"conv0\.0\.weight: shape"):
-    convert.pdu_from_state_dict(sd, pdu.SAPNET)
+  with pytest.raises(torch_layout.ConversionError, match=r"conv0\.0\.weight: shape"):
+    torch_layout.pdu_from_state_dict(sd, pdu.SAPNET)
 
 
 def test_wrong_arch_lists_the_difference():
-  with pytest.raises(convert.ConversionError, match=r"does not match prenet: .*unused keys: res_conv1\.1\.conv_1_1"):
-    convert.load_pth(str(shared_path(OFFICIAL["sapnet"])), arch="prenet")
+  with pytest.raises(torch_layout.ConversionError, match=r"does not match prenet: .*unused keys: res_conv1\.1\.conv_1_1"):
+    torch_layout.load_pth(str(shared_path(OFFICIAL["sapnet"])), arch="prenet")
 
 
 def test_unknown_layout():
-  with pytest.raises(convert.ConversionError, match="cannot tell the architecture"):
-    convert.infer_arch({"fc.weight": np.zeros(2)})
+  with pytest.raises(torch_layout.ConversionError, match="cannot tell the architecture"):
+    torch_layout.infer_arch({"fc.weight": np.zeros(2)})
 
 
 def test_cli_writes_orbax_and_npz(tmp_path, capsys):
@@ -101,7 +103,7 @@ def test_cli_writes_orbax_and_npz(tmp_path, capsys):
   assert convert.main([src, "--arch", "prenet", "--out", str(tmp_path / "ck")]) == 0
   assert convert.main([src, "--out", str(tmp_path / "w.npz")]) == 0
   assert "168,963 parameters" in capsys.readouterr().out
-  reference = convert.load_pth(src)
+  reference = torch_layout.load_pth(src)
   x = np.random.default_rng(1).random((1, 9, 11, 3), dtype=np.float32)
   for path in (tmp_path / "ck", tmp_path / "w.npz"):
     model = model_files.load_model(path)
@@ -124,7 +126,7 @@ def test_cli_error_exit(tmp_path, capsys):
 def test_lpips_heads_from_the_lpips_pth(net, widths):
   # The lpips package's own v0.1 files (PyTorch zip checkpoints), read without PyTorch.
   path = shared_path(f"weights/lpips/{net}_v0.1.pth")
-  flat = convert.load_backbone(str(path), f"lpips_{net}")
+  flat = backbones.load_backbone(str(path), f"lpips_{net}")
   sd = load_state_dict(path)
   assert [flat[f"lin{k}"].shape for k in range(5)] == [(c,) for c in widths]
   for k in range(5):
@@ -137,8 +139,8 @@ def test_backbone_cli_writes_npz_that_loads_back(tmp_path, capsys):
   out = tmp_path / "lpips_alex.npz"
   assert convert.main([src, "--arch", "lpips_alex", "--out", str(out)]) == 0
   assert "lpips_alex, 5 arrays, 1,152 values" in capsys.readouterr().out
-  again = convert.load_backbone(str(out), "lpips_alex")  # a converted .npz is taken as it is
-  ref = convert.load_backbone(src, "lpips_alex")
+  again = backbones.load_backbone(str(out), "lpips_alex")  # a converted .npz is taken as it is
+  ref = backbones.load_backbone(src, "lpips_alex")
   assert sorted(again) == sorted(ref) and all(np.array_equal(again[k], ref[k]) for k in ref)
   assert convert.main([src, "--arch", "lpips_alex", "--out", str(tmp_path / "x")]) == 1
   assert "FILE.npz" in capsys.readouterr().err
@@ -147,13 +149,13 @@ def test_backbone_cli_writes_npz_that_loads_back(tmp_path, capsys):
 def test_load_backbone_names_the_file(tmp_path):
   bad = tmp_path / "vgg.pth"
   bad.write_bytes(b"garbage")
-  with pytest.raises(convert.ConversionError, match="vgg.pth"):
-    convert.load_backbone(str(bad), "vgg16")
-  with pytest.raises(convert.ConversionError, match="unknown backbone"):
-    convert.load_backbone(str(bad), "vgg19")
+  with pytest.raises(torch_layout.ConversionError, match="vgg.pth"):
+    backbones.load_backbone(str(bad), "vgg16")
+  with pytest.raises(torch_layout.ConversionError, match="unknown backbone"):
+    backbones.load_backbone(str(bad), "vgg19")
   lpips = str(shared_path("weights/lpips/alex_v0.1.pth"))
-  with pytest.raises(convert.ConversionError, match=r"alex_v0.1.pth: no key ending in 'features.0.weight'"):
-    convert.load_backbone(lpips, "vgg16")
+  with pytest.raises(torch_layout.ConversionError, match=r"alex_v0.1.pth: no key ending in 'features.0.weight'"):
+    backbones.load_backbone(lpips, "vgg16")
 
 
 def test_download_checks_hash_and_uses_cache(tmp_path, monkeypatch):
@@ -163,31 +165,31 @@ def test_download_checks_hash_and_uses_cache(tmp_path, monkeypatch):
   payload.parent.mkdir()
   payload.write_bytes(shared_path("weights/lpips/alex_v0.1.pth").read_bytes())
   sha = download.sha256_of(str(payload))
-  assert sha == convert.DOWNLOADS["lpips_alex"][1]  # the pinned hash is the real file's
+  assert sha == backbones.DOWNLOADS["lpips_alex"][1]  # the pinned hash is the real file's
   monkeypatch.setenv("SAPNET_JAX_CACHE", str(tmp_path / "cache"))
-  monkeypatch.setitem(convert.DOWNLOADS, "lpips_alex", (payload.as_uri(), sha))
+  monkeypatch.setitem(backbones.DOWNLOADS, "lpips_alex", (payload.as_uri(), sha))
   out = tmp_path / "la.npz"
   assert convert.main(["--download", "lpips_alex", "--out", str(out)]) == 0
   cached = tmp_path / "cache" / "lpips_alex_v0.1.pth"
   assert cached.read_bytes() == payload.read_bytes()
   payload.unlink()  # a second run must not touch the network
-  assert convert.fetch_backbone("lpips_alex") == str(cached)
+  assert backbones.fetch_backbone("lpips_alex") == str(cached)
   cached.write_bytes(b"corrupt")  # a damaged cache entry is refused, naming the file
   with pytest.raises(download.DownloadError, match="lpips_alex_v0.1.pth: SHA-256"):
-    convert.fetch_backbone("lpips_alex")
+    backbones.fetch_backbone("lpips_alex")
   cached.unlink()
   wrong = tmp_path / "remote" / "wrong.pth"
   wrong.write_bytes(b"other bytes")
-  monkeypatch.setitem(convert.DOWNLOADS, "lpips_alex", (wrong.as_uri(), sha))
+  monkeypatch.setitem(backbones.DOWNLOADS, "lpips_alex", (wrong.as_uri(), sha))
   with pytest.raises(download.DownloadError, match="expected " + sha):
-    convert.fetch_backbone("lpips_alex")
+    backbones.fetch_backbone("lpips_alex")
   assert not cached.exists()  # nothing half-written stays in the cache
 
 
 def test_torchvision_download_table():
   # torchvision checks the 8 hex digits in its file names against the SHA-256; so do we.
   for name in ("vgg16", "alexnet", "resnet101"):
-    url, sha = convert.DOWNLOADS[name]
+    url, sha = backbones.DOWNLOADS[name]
     assert url.startswith("https://download.pytorch.org/models/")
     assert url.rsplit("-", 1)[-1] == sha[:8] + ".pth" and len(sha) == 64
 

@@ -19,7 +19,7 @@ from flax import nnx
 from conftest import FIXTURES, shared_path
 from fixtures import numpy_state_dicts
 from configs import default
-from sapnet_jax import convert
+from sapnet_jax.weights import backbones
 from sapnet_jax.losses import frozen_nets, sapnet
 from sapnet_jax.models import alexnet, resnet_fpn, vgg
 
@@ -98,7 +98,7 @@ def test_lpips_matches_lpips_package(weights, net):
 def test_seg_focal_matches_official_focal_loss():
   cfg = resnet_fpn.ResNetFPNConfig(depths=(1, 2, 1, 1))
   net = nnx.eval_shape(lambda: resnet_fpn.ResNetFPN(cfg, rngs=nnx.Rngs(0)))
-  net = convert.fill_module(net, convert.fpn_from_state_dict(numpy_state_dicts.fpn_state_dict(seed=0)), "t")
+  net = backbones.fill_module(net, backbones.fpn_from_state_dict(numpy_state_dicts.fpn_state_dict(seed=0)), "t")
   x = FX["clean"][:2].astype(np.float32) / 255.0
   ours = float(jax.jit(lambda x: sapnet.seg_focal(net, x))(x))
   assert ours == pytest.approx(float(FX["fpn/focal"]), rel=1e-4)

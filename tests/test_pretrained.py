@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from sapnet_jax import convert, pretrained
+from sapnet_jax import pretrained
+from sapnet_jax.weights import registry
+from sapnet_jax.weights import torch_layout
 from sapnet_jax.weights import download, model_files
 
 
 def test_shipped_weights_equal_the_official_checkpoint():
   shipped = model_files.flatten(model_files.params_dict(pretrained.load("sapnet-rain100h")))
-  converted = convert.load_pth(str(shared_path("weights/sapnet_official/net_latest.pth")))
+  converted = torch_layout.load_pth(str(shared_path("weights/sapnet_official/net_latest.pth")))
   official = model_files.flatten(model_files.params_dict(converted))
   assert shipped.keys() == official.keys()
   for k in shipped:
@@ -25,7 +27,7 @@ def test_shipped_weights_equal_the_official_checkpoint():
 
 
 def test_licence_ships_beside_the_weights():
-  text = open(f"{pretrained.WEIGHTS_DIR}/LICENSE-SAPNet.txt").read()
+  text = open(f"{registry.WEIGHTS_DIR}/LICENSE-SAPNet.txt").read()
   assert "Copyright (c) 2021 ShenZheng2000" in text and "MIT License" in text
 
 
@@ -116,12 +118,12 @@ def test_listing_names_source_and_licence(offline_cache, capsys):
   shipped = rows["sapnet-rain100h"]
   assert shipped["shipped"] and shipped["licence"].startswith("MIT")
   assert shipped["source"] == "https://github.com/ShenZheng2000/SAPNet-for-image-deraining"
-  assert os.path.exists(shipped["path"]) and shipped["path"].startswith(pretrained.WEIGHTS_DIR)
+  assert os.path.exists(shipped["path"]) and shipped["path"].startswith(registry.WEIGHTS_DIR)
   for name in ("prenet-rain100h", "prenet-rain100l", "prn-rain100h"):
     row = rows[name]
     assert not row["shipped"] and row["source"] == pretrained.REGISTRY[name].url
     assert row["source"].startswith("https://github.com/csdwren/PReNet/")
     assert len(row["sha256"]) == 64
     assert "not redistributed" in row["licence"]
-  assert not any(entry.file and not os.path.exists(os.path.join(pretrained.WEIGHTS_DIR, entry.file))
+  assert not any(entry.file and not os.path.exists(os.path.join(registry.WEIGHTS_DIR, entry.file))
                  for entry in pretrained.REGISTRY.values())

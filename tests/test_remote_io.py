@@ -15,9 +15,12 @@ from PIL import Image
 
 from conftest import FIXTURES, REPO, shared_path
 from sapnet_jax import compare, convert, derain, evaluate, infer, pretrained
+from sapnet_jax.evaluation import comparison
+from sapnet_jax.weights import torch_layout
+from sapnet_jax.weights import backbones
 from sapnet_jax.evaluation import scoring
 from sapnet_jax.utils import fileio
-from sapnet_jax.weights import model_files
+from sapnet_jax.weights import model_files, registry
 from sapnet_jax.data import imageio, pairs
 from sapnet_jax.models import pdu
 from sapnet_jax.weights.pth import PthError, load_safetensors, load_state_dict
@@ -247,12 +250,12 @@ def test_compare_on_a_bucket_equals_the_local_run(tmp_path, gcs_bucket, tiny_wei
   for name in ("comparison.md", "grid.png"):
     assert fileio.read_bytes(fileio.join(out, name)) == (tmp_path / "cmp" / name).read_bytes()
   _same_files(fileio.join(out, "tiny", "outputs"), tmp_path / "cmp" / "tiny" / "outputs")
-  assert compare.parse_model("gs://b/runs/semi/") == ("semi", "gs://b/runs/semi/")
+  assert comparison.parse_model("gs://b/runs/semi/") == ("semi", "gs://b/runs/semi/")
 
 
 # ---- weights ----------------------------------------------------------------------------------
 def test_weights_files_read_from_a_bucket(tmp_path, gcs_bucket):
-  shipped = os.path.join(pretrained.WEIGHTS_DIR, "sapnet_rain100h.npz")
+  shipped = os.path.join(registry.WEIGHTS_DIR, "sapnet_rain100h.npz")
   uri = fileio.join(gcs_bucket, "w", "sapnet.npz")
   with open(shipped, "rb") as f:
     fileio.write_bytes(uri, f.read())
@@ -263,7 +266,7 @@ def test_weights_files_read_from_a_bucket(tmp_path, gcs_bucket):
   assert all(np.array_equal(np.asarray(got[k]), np.asarray(want[k])) for k in want)
   with pytest.raises(pretrained.UnknownWeightsError, match=f"{gcs_bucket}/w/none.npz"):
     pretrained.resolve(fileio.join(gcs_bucket, "w", "none.npz"))
-  got, want = convert.read_weights(uri), convert.read_weights(shipped)
+  got, want = backbones.read_weights(uri), backbones.read_weights(shipped)
   assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
   for fmt in ("zip", "legacy"):  # both .pth formats, from a file object
     remote = fileio.join(gcs_bucket, "w", f"{fmt}.pth")
@@ -278,8 +281,8 @@ def test_weights_files_read_from_a_bucket(tmp_path, gcs_bucket):
   fileio.write_bytes(fileio.join(gcs_bucket, "w", "bad.pth"), b"garbage")
   with pytest.raises(PthError, match=f"^{gcs_bucket}/w/bad.pth: not a readable"):
     load_state_dict(fileio.join(gcs_bucket, "w", "bad.pth"))
-  with pytest.raises(convert.ConversionError, match=f"^{gcs_bucket}/w/bad.pth"):
-    convert.load_backbone(fileio.join(gcs_bucket, "w", "bad.pth"), "vgg16")
+  with pytest.raises(torch_layout.ConversionError, match=f"^{gcs_bucket}/w/bad.pth"):
+    backbones.load_backbone(fileio.join(gcs_bucket, "w", "bad.pth"), "vgg16")
 
 
 def test_convert_cli_reads_and_writes_a_bucket(tmp_path, gcs_bucket, capsys):
@@ -291,7 +294,7 @@ def test_convert_cli_reads_and_writes_a_bucket(tmp_path, gcs_bucket, capsys):
   fileio.write_bytes(src, buf.getvalue())
   assert convert.main([src, "--arch", "lpips_alex", "--out", out]) == 0
   assert f"wrote {out} (lpips_alex, 5 arrays" in capsys.readouterr().out
-  again = convert.load_backbone(out, "lpips_alex")
+  again = backbones.load_backbone(out, "lpips_alex")
   assert sorted(again) == sorted(heads) and all(np.array_equal(again[k], heads[k]) for k in heads)
 
 

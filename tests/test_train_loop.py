@@ -15,7 +15,9 @@ import pytest
 from conftest import REPO, TINY_DEMO
 from sapnet_jax.evaluation import scoring
 from sapnet_jax.training import loop, summaries
+from sapnet_jax.training import train_step
 from sapnet_jax.weights import model_files
+from sapnet_jax.training import checkpoints
 from configs import demo
 
 
@@ -103,7 +105,7 @@ def test_ema_run_validates_and_evaluates_the_average(data_dir, tmp_path):
   config = _config(data_dir, **{"train.num_steps": 4, "train.ema_decay": 0.9})
   result = loop.train_and_evaluate(config, work)
   import orbax.checkpoint as ocp
-  ckpts = model_files.TrainCheckpoints(os.path.join(work, "checkpoints"))
+  ckpts = checkpoints.TrainCheckpoints(os.path.join(work, "checkpoints"))
   ema = _final_params(work, 4)
   stored = ckpts.manager.restore(4, args=ocp.args.Composite(train_state=ocp.args.StandardRestore()))
   trained = model_files.flatten(jax.tree.map(np.asarray, dict(stored["train_state"]["params"])))
@@ -120,7 +122,7 @@ def test_ema_run_validates_and_evaluates_the_average(data_dir, tmp_path):
 
 def test_nan_batch_stops_before_saving_it(data_dir, tmp_path, monkeypatch):
   work = str(tmp_path)
-  original = loop.Trainer.global_batch
+  original = train_step.Trainer.global_batch
   calls = []
 
   def poisoned(self, local):
@@ -129,8 +131,8 @@ def test_nan_batch_stops_before_saving_it(data_dir, tmp_path, monkeypatch):
       local = {**local, "rainy": np.full_like(local["rainy"], np.nan)}
     return original(self, local)
 
-  monkeypatch.setattr(loop.Trainer, "global_batch", poisoned)
-  with pytest.raises(loop.TrainingDiverged, match=r"step 2: non-finite .*ssim"):
+  monkeypatch.setattr(train_step.Trainer, "global_batch", poisoned)
+  with pytest.raises(train_step.TrainingDiverged, match=r"step 2: non-finite .*ssim"):
     loop.train_and_evaluate(_config(data_dir, **{"train.num_steps": 8}), work)
   saved = sorted(int(s) for s in os.listdir(os.path.join(work, "checkpoints")) if s.isdigit())
   assert saved == [2]  # the last good state; nothing after the bad step
@@ -208,7 +210,7 @@ def test_best_checkpoint_follows_the_direction_of_val_metric(data_dir, tmp_path,
       "train.async_checkpoints": False}), work)
   saved = sorted(int(s) for s in os.listdir(os.path.join(work, "checkpoints")) if s.isdigit())
   assert saved == kept
-  ckpts = model_files.TrainCheckpoints(os.path.join(work, "checkpoints"), val_metric=metric)
+  ckpts = checkpoints.TrainCheckpoints(os.path.join(work, "checkpoints"), val_metric=metric)
   assert ckpts.best_step() == kept[0]
   ckpts.close()
   loop.train_and_evaluate(_config(data_dir, **{

@@ -19,9 +19,9 @@ import pytest
 from flax import nnx
 
 from conftest import FIXTURES, shared_path
-from sapnet_jax import convert
+from sapnet_jax.weights import torch_layout
 from sapnet_jax.losses import frozen_nets, sapnet
-from sapnet_jax.training import loop
+from sapnet_jax.training import train_step
 from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
 from configs import default
@@ -33,7 +33,7 @@ def _ours(fx, prefix: str) -> dict[str, np.ndarray]:
   """Fixture tensors under `prefix` (official keys and layout) in our parameter layout, through
   the converter (which rounds them to float32: 6e-8 relative, far below every tolerance)."""
   state_dict = {k[len(prefix):]: fx[k] for k in fx.files if k.startswith(prefix)}
-  model = convert.pdu_from_state_dict(state_dict, pdu.SAPNET)
+  model = torch_layout.pdu_from_state_dict(state_dict, pdu.SAPNET)
   return model_files.flatten(model_files.params_dict(model))
 
 
@@ -43,7 +43,7 @@ def setup(request):
   vgg = shared_path("weights/vgg16_imagenet/vgg16_features_hwio.npz")
   fx = np.load(FIXTURE)
   with jax.enable_x64(True):
-    model = convert.load_pth(weights, dtype="float64", impl=request.param)
+    model = torch_layout.load_pth(weights, dtype="float64", impl=request.param)
     cfg = default.get_config().loss
     cfg.update(contrast="pcl", lpips_weight=0.0, seg_weight=0.0, vgg_weights=str(vgg),
                perceptual_dtype="float64")
@@ -82,7 +82,7 @@ def test_one_adam_step_matches_torch(setup):
   fx, params, _ = setup
   grads = model_files.unflatten(_ours(fx, "ssim_grad/"))
   optim = default.get_config().optim
-  tx = loop.make_optimizer(optim, loop.make_schedule(optim, steps_per_epoch=100))
+  tx = train_step.make_optimizer(optim, train_step.make_schedule(optim, steps_per_epoch=100))
   updates, _ = tx.update(grads, tx.init(params), params)
   new = model_files.flatten(optax.apply_updates(params, updates))
   ref = _ours(fx, "adam/")

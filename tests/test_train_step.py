@@ -1,6 +1,5 @@
 """The train step, schedule, divergence handling and checkpoints, without the input pipeline."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -16,8 +15,9 @@ from flax import nnx
 from conftest import REPO
 from sapnet_jax import models
 from sapnet_jax.losses import sapnet
-from sapnet_jax.training import loop
+from sapnet_jax.training import train_step
 from sapnet_jax.weights import model_files
+from sapnet_jax.training import checkpoints
 from sapnet_jax.models import pdu
 
 TINY = pdu.PDUConfig(stages=2, channels=8, num_blocks=1, reduction=4)
@@ -37,7 +37,7 @@ def _ssim_loss(model, frozen, batch, epoch):
 
 def _trainer(mesh=None, cfg=TINY, ema_decay=0.0, **optim):
   graphdef, params = nnx.split(models.build(cfg, nnx.Rngs(0)))
-  t = loop.Trainer(graphdef, _optim(**optim), _ssim_loss, steps_per_epoch=10, mesh=mesh,
+  t = train_step.Trainer(graphdef, _optim(**optim), _ssim_loss, steps_per_epoch=10, mesh=mesh,
                     ema_decay=ema_decay)
   return t, t.init_state(nnx.to_pure_dict(params))
 
@@ -75,7 +75,7 @@ def test_non_finite_batch_keeps_the_state_and_names_term_and_step():
   bad["rainy"][0, 3, 3, 0] = np.nan
   state, _ = t(state, t.global_batch(bad), None)
   state, _ = t(state, t.global_batch(_batch(2)), None)  # later good steps do not hide it
-  with pytest.raises(loop.TrainingDiverged, match=r"step 1: non-finite .*ssim"):
+  with pytest.raises(train_step.TrainingDiverged, match=r"step 1: non-finite .*ssim"):
     t.check_finite(state)
   assert int(state.bad_step) == 1 and int(state.step) == 3
 
@@ -129,7 +129,7 @@ def test_ema_checkpoint_holds_the_average_as_params_and_resumes_both(tmp_path):
   t, state = _trainer(ema_decay=0.9)
   for i in range(2):
     state, _ = t(state, t.global_batch(_batch(i)), None)
-  ckpts = model_files.TrainCheckpoints(str(tmp_path), async_save=False)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), async_save=False)
   ckpts.save(2, *t.checkpoint_items(state), models.config_to_dict(TINY), {"train": {}})
   ckpts.wait()
   # What every weights reader sees is the average ...
@@ -154,7 +154,7 @@ def _save(ckpts, step, t, state, model_cfg=TINY):
 
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
   t, state = _trainer()
-  ckpts = model_files.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
   _save(ckpts, 1, t, state)
   saved = jax.tree.map(np.asarray, state.params)
   state, _ = t(state, t.global_batch(_batch()), None)
@@ -163,7 +163,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
     for f in files:
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"garbage")
-  fresh = model_files.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
+  fresh = checkpoints.TrainCheckpoints(str(tmp_path), keep=3, async_save=False)
   step, params, rest = fresh.restore_latest(state.params, state.replace(params=None),
                                             models.config_to_dict(TINY))
   assert step == 1 and int(rest.step) == 0
@@ -173,7 +173,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
 
 def test_checkpoint_of_another_model_is_refused_naming_fields(tmp_path):
   t, state = _trainer()
-  ckpts = model_files.TrainCheckpoints(str(tmp_path), async_save=False,
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), async_save=False,
                                       compare=models.architecture)
   _save(ckpts, 1, t, state)
   other = models.config_to_dict(pdu.PDUConfig(stages=2, channels=16, num_blocks=1, reduction=4))
@@ -187,7 +187,7 @@ def test_checkpoint_of_another_model_is_refused_naming_fields(tmp_path):
 
 def test_training_checkpoint_loads_as_a_model(tmp_path):
   t, state = _trainer()
-  ckpts = model_files.TrainCheckpoints(str(tmp_path), async_save=False)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), async_save=False)
   _save(ckpts, 7, t, state)
   model = model_files.load_model(model_files.step_dir(str(tmp_path)))
   assert model.cfg == TINY
@@ -203,12 +203,12 @@ EIGHT_DEVICES = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     out = {}
     for n in (1, 8):
-      mesh = T.train.make_mesh(jax.devices()[:n])
+      mesh = T.train_step.make_mesh(jax.devices()[:n])
       t, state = T._trainer(mesh=mesh, cfg=T.dataclasses.replace(T.TINY, impl=sys.argv[1]))
       losses = []
       for i in range(3):
         state, m = t(state, t.global_batch(T._batch(i, n=8)), None)
-        sapnet.append(float(m["ssim"]))
+        losses.append(float(m["ssim"]))
       assert len(state.params["conv0"]["kernel"].sharding.device_set) == n
       out[n] = {"losses": losses,
                 "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)]}

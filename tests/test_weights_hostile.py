@@ -266,7 +266,7 @@ def test_flipped_bits_in_orbax_weights_are_detected(tmp_path, tiny_weights, own_
 def test_npz_digest_catches_a_consistent_rewrite(tmp_path, tiny_weights):
   # A change that keeps the zip's CRC-32 valid (the file rewritten with one value changed) is
   # caught by the digest of the arrays; the converter's backbone files carry it too.
-  from sapnet_jax import convert
+  from sapnet_jax.weights import backbones, torch_layout
   from sapnet_jax.weights import model_files
   arrays = dict(np.load(tiny_weights / "w.npz"))
   assert model_files.DIGEST_KEY in arrays
@@ -276,19 +276,19 @@ def test_npz_digest_catches_a_consistent_rewrite(tmp_path, tiny_weights):
   with pytest.raises(model_files.CheckpointError, match=r"rewritten\.npz: checksum mismatch"):
     model_files.load_model(tmp_path / "rewritten.npz")
   flat = {"conv1_1/kernel": np.ones((3, 3, 3, 4), np.float32), "conv1_1/bias": np.zeros(4)}
-  convert._save_flat(flat, str(tmp_path / "vgg.npz"))
-  assert set(convert.read_weights(str(tmp_path / "vgg.npz"))) == set(flat)
+  model_files.write_npz(str(tmp_path / "vgg.npz"), flat)  # as `convert` writes backbones
+  assert set(backbones.read_weights(str(tmp_path / "vgg.npz"))) == set(flat)
   stored = dict(np.load(tmp_path / "vgg.npz"))
   stored["conv1_1/bias"] = stored["conv1_1/bias"] + 1
   np.savez(tmp_path / "vgg.npz", **stored)
-  with pytest.raises(convert.ConversionError, match=r"vgg\.npz: checksum mismatch"):
-    convert.load_backbone(str(tmp_path / "vgg.npz"), "vgg16")
+  with pytest.raises(torch_layout.ConversionError, match=r"vgg\.npz: checksum mismatch"):
+    backbones.load_backbone(str(tmp_path / "vgg.npz"), "vgg16")
 
 
 def test_shipped_weights_carry_a_verified_digest():
-  from sapnet_jax import pretrained
+  from sapnet_jax.weights import registry
   from sapnet_jax.weights import model_files
-  path = os.path.join(pretrained.WEIGHTS_DIR, "sapnet_rain100h.npz")
+  path = os.path.join(registry.WEIGHTS_DIR, "sapnet_rain100h.npz")
   with np.load(path) as raw:
     stored = str(raw[model_files.DIGEST_KEY])
     arrays = {k: raw[k] for k in raw.files if k != model_files.DIGEST_KEY}
@@ -299,10 +299,10 @@ def test_shipped_weights_carry_a_verified_digest():
 def test_training_resume_skips_a_corrupt_step(tmp_path):
   import jax.numpy as jnp
 
-  from sapnet_jax.weights import model_files
+  from sapnet_jax.training import checkpoints
   params = {"conv": {"kernel": jnp.arange(4096, dtype=jnp.float32) / 7}}
   state = {"step": jnp.int32(0), "mu": jnp.ones(4096, jnp.float32) / 3}
-  ckpts = model_files.TrainCheckpoints(str(tmp_path / "ck"), async_save=False)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path / "ck"), async_save=False)
   for step in (1, 2):
     ckpts.save(step, jax_tree_scale(params, step), {**state, "step": jnp.int32(step)},
                {"family": "pdu"}, {"seed": 0})

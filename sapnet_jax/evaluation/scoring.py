@@ -26,31 +26,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sapnet_jax import infer, models, pretrained
-from sapnet_jax.metrics import full_reference
+from sapnet_jax import infer, models
+from sapnet_jax.metrics import conventions, full_reference
 from sapnet_jax.utils import fileio
-from sapnet_jax.weights import model_files
+from sapnet_jax.weights import model_files, registry
 from sapnet_jax.data import imageio, pairs
 from sapnet_jax.utils.fileio import atomic_write
 
 QUANTIZE = ("round", "floor", "none")
 NOREF_KEYS = ("niqe", "brisque", "niqe_input", "brisque_input")
-CONVENTIONS = {
-    "psnr_rgb": "PSNR on RGB in [0,1] (SAPNet paper's 'sklearn' numbers)",
-    "ssim_rgb": "SSIM on RGB, 11x11 Gaussian sigma 1.5, valid region (scikit-image, data_range=1)",
-    "psnr_y": "PSNR on Y (BasicSR: 16 + 65.481R + 128.553G + 24.966B, 0..255, not rounded)",
-    "ssim_y": "SSIM on Y (BasicSR: Gaussian 11x11 sigma 1.5, valid region)",
-    "psnr_y_matlab": "PSNR on Y as MATLAB rgb2ycbcr(im2double) with peak 1 (equals psnr_y)",
-    "ssim_y_matlab": "SSIM on Y*255 as Wang's ssim.m (box downsampling for sides >= 384 px)",
-    "niqe": "NIQE of the output, Y of the 8-bit image, 96x96 blocks (BasicSR calculate_niqe; "
-            "lower is better)",
-    "brisque": "BRISQUE of the output, grey of the 8-bit image, LIVE SVR (brisque package "
-               "0.2.0, not MATLAB brisque.m; lower is better)",
-    "lpips_alex": "LPIPS v0.1 AlexNet distance to the clean image, whole image, inputs in "
-                  "[-1, 1] (lpips package defaults; lower is better)",
-    "niqe_input": "NIQE of the rainy input (same convention)",
-    "brisque_input": "BRISQUE of the rainy input (same convention)",
-}
 
 
 def identity(image: np.ndarray, **unused) -> np.ndarray:
@@ -107,14 +91,14 @@ class Reports:
     self.skipped: list[str] = []
 
   def keys(self) -> list[str]:
-    return [k for k in CONVENTIONS if self.rows and k in self.rows[0]]
+    return [k for k in conventions.CONVENTIONS if self.rows and k in self.rows[0]]
 
   def means(self) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in self.rows])) for k in self.keys()}
 
   def summary(self, complete: bool) -> dict:
     return {**self.meta, "complete": complete, "count": len(self.rows),
-            "skipped": self.skipped, "conventions": {k: CONVENTIONS[k] for k in self.keys()},
+            "skipped": self.skipped, "conventions": {k: conventions.CONVENTIONS[k] for k in self.keys()},
             "means": self.means(), "images": self.rows}
 
   def write(self, complete: bool) -> None:
@@ -179,7 +163,7 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
                   score_input: bool = True) -> dict:
   """De-rains and scores every sample; returns the summary (also written by `reports`).
 
-  `extra(out, clean)` adds metrics (keys of CONVENTIONS) to each pair's row; `score_input`
+  `extra(out, clean)` adds metrics (keys of conventions.CONVENTIONS) to each pair's row; `score_input`
   False leaves out the rainy input's NIQE/BRISQUE (the same for every model scored).
 
   A bad sample raises PairError naming its files, after the rows so far are written; with
@@ -333,7 +317,7 @@ def evaluate_workdir(config, workdir: str) -> dict[str, dict]:
   data_dir = config.data.get("data_dir") if "data" in config else None
   check_sets(ev, data_dir)
   if ev.get("weights"):
-    model = pretrained.load(ev.weights, **eval_overrides(config.model))
+    model = registry.load(ev.weights, **eval_overrides(config.model))
     label = "weights_" + "".join(c if c.isalnum() or c in "-_." else "_"
                                  for c in fileio.basename(ev.weights.rstrip("/")))
     meta = {"weights": ev.weights}

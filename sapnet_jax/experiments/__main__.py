@@ -17,89 +17,20 @@ Run from the repository root (the configs folder is ./configs unless --configs_d
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import Sequence
 
 from sapnet_jax.evaluation import scoring
-from sapnet_jax.training import loop
 from sapnet_jax.utils import fileio
-from sapnet_jax.data import prepare
-from sapnet_jax.experiments import report, runner, tables
-from sapnet_jax.experiments import score_runs
+from sapnet_jax.experiments import plan, report, runner, score_runs, tables
 
 SHARED = os.path.join("..", "shared")
 
 
 def _default(path: str) -> str | None:
   return path if os.path.exists(path) else None
-
-
-def scoring_sets(rain100h: str | None, real: str | None) -> dict:
-  sets = {"synthetic_val": tables.SYNTHETIC_VAL}
-  if rain100h:
-    sets["rain100h"] = rain100h if ":" in rain100h and not os.path.isdir(rain100h) else {
-        "rainy": os.path.join(rain100h, "rainy"), "clean": os.path.join(rain100h, "clean")}
-  if real:
-    sets["real"] = {"rainy": real}
-  return sets
-
-
-def plan(table: tables.Table, scale: str, seeds: Sequence[int], workdir: str, configs_dir: str,
-         weights_dir: str | None, data_dir: str | None) -> tuple[list[runner.Run], dict]:
-  """The runs of the table, and per row its config spec and the flags the scale adds."""
-  runs, rows = [], {}
-  for row in table.rows:
-    spec = f"{configs_dir}/{row.config}:{row.variant_at(scale)}"
-    try:
-      rows[row.name], flags, steps = _plan_row(row, spec, scale, configs_dir, weights_dir,
-                                               data_dir)
-    except (OSError, ValueError) as e:
-      raise ValueError(f"{spec} (row {row.name}): {e}") from None
-    for seed in seeds:
-      workdir_s = runner.run_dir(workdir, row.name, seed)
-      args = (f"--config={spec}", f"--workdir={workdir_s}", f"--config.seed={seed}",
-              f"--config.data.seed={seed}", *flags)
-      runs.append(runner.Run(row.name, seed, workdir_s, args, steps))
-  return runs, rows
-
-
-def _plan_row(row: tables.Row, spec: str, scale: str, configs_dir: str, weights_dir: str | None,
-              data_dir: str | None) -> tuple[dict, list[str], int]:
-  config = tables.load_config(configs_dir, row, scale)
-  if data_dir:
-    config.data.data_dir = data_dir
-
-  def per_epoch(cfg) -> int:  # builds a dataset the config builds on first use (idempotent)
-    if cfg.data.get("prepare"):
-      prepare.build(cfg.data.dataset, data_dir=cfg.data.get("data_dir"),
-                    manual_dir=cfg.data.get("manual_dir"))
-    return loop.steps_per_epoch(cfg)
-
-  overrides = {**tables.scale_overrides(config, scale, per_epoch),
-               **tables.weight_overrides(config, weights_dir)}
-  if data_dir:
-    overrides["data.data_dir"] = data_dir
-  tables.apply(config, overrides)
-  steps = loop.total_steps(config, per_epoch(config))
-  flags = [tables.flag(k, v) for k, v in overrides.items()]
-  info = {"config": spec, "args": flags, "runs": {}, "curve_set": next(iter(config.eval.sets))}
-  return info, flags, steps
-
-
-def _scored(out_dir: str, sets: dict, limit: int | None) -> dict | None:
-  results = {}
-  for name in sets:
-    path = fileio.join(out_dir, name, "metrics.json")
-    if not fileio.exists(path):
-      return None
-    summary = json.loads(fileio.read_text(path))
-    if not summary.get("complete") or summary.get("limit") != limit:
-      return None
-    results[name] = summary
-  return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   table, seeds = tables.TABLES[args.table], list(range(args.seeds))
   weights_dir = os.path.abspath(args.weights_dir) if args.weights_dir else None
   try:
-    runs, rows = plan(table, args.scale, seeds, workdir, args.configs_dir, weights_dir,
+    runs, rows = plan.plan(table, args.scale, seeds, workdir, args.configs_dir, weights_dir,
                       args.data_dir)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -163,20 +94,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows[run.row]["runs"][run.seed] = {"run": record, "curve": curve}
 
   limit = tables.SCORE_LIMIT[args.scale]
-  sets = scoring_sets(args.rain100h, args.real)
+  sets = plan.scoring_sets(args.rain100h, args.real)
   metric = score_runs.lpips_alex(weights_dir) if weights_dir else None
   print(f"scoring {len(runs)} runs on {', '.join(sets)}"
         + (f" (first {limit} images of each)" if limit else ""), flush=True)
   for run in runs:
     out = fileio.join(run.workdir, "scores")
-    results = _scored(out, sets, limit)
+    results = score_runs.finished_scores(out, sets, limit)
     if results is None:
       t0 = time.time()
       results = score_runs.score_run(run.workdir, sets, limit, metric, args.data_dir)
       print(f"  {run.row} seed {run.seed}: scored in {time.time() - t0:.0f} s", flush=True)
     rows[run.row]["runs"][run.seed]["scores"] = report.flatten_scores(results)
   base_dir = fileio.join(workdir, "rainy_input")
-  baseline = _scored(base_dir, sets, limit) or score_runs.score(
+  baseline = score_runs.finished_scores(base_dir, sets, limit) or score_runs.score(
       scoring.identity, sets, base_dir, {"weights": "identity"}, limit, metric,
       data_dir=args.data_dir)
   data = report.build(table, args.scale, seeds, rows, report.flatten_scores(baseline))

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from sapnet_jax.metrics import full_reference
+from sapnet_jax.metrics import conventions
 from sapnet_jax.utils import fileio
 
 # Columns of table.md, in order ("set/metric"); table.json holds every metric.
@@ -97,7 +97,7 @@ def markdown(data: dict) -> str:
   columns = [c for c in MD_COLUMNS
              if any(c in r["stats"] for r in data["rows"].values())]
   digits = {c: 2 if "psnr" in c or "brisque" in c else 3 for c in columns}
-  arrows = {c: "↑" if full_reference.higher_is_better(c.split("/")[1]) else "↓" for c in columns}
+  arrows = {c: conventions.arrow(c.split("/")[1]) for c in columns}
   lines = [f"# {data['title']}", "",
            f"Scale `{data['scale']}`, seeds {', '.join(map(str, data['seeds']))}: mean ± sample "
            "standard deviation [95% confidence interval of the mean, Student's t]. Paper: "

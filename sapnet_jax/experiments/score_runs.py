@@ -9,6 +9,7 @@ Reports go to RUN/scores/SET/metrics.json in `python -m sapnet_jax.evaluate`'s f
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any, Callable
 
 import jax
@@ -68,3 +69,16 @@ def score_run(run_dir: str, sets: dict[str, Any], limit: int | None, extra: Metr
   return score(derainer, sets, fileio.join(run_dir, "scores"),
                {"checkpoint": path, "step": int(fileio.basename(path))}, limit, extra,
                data_dir=data_dir)
+
+
+def finished_scores(out_dir: str, sets: dict, limit: int | None) -> dict | None:
+  results = {}
+  for name in sets:
+    path = fileio.join(out_dir, name, "metrics.json")
+    if not fileio.exists(path):
+      return None
+    summary = json.loads(fileio.read_text(path))
+    if not summary.get("complete") or summary.get("limit") != limit:
+      return None
+    results[name] = summary
+  return results

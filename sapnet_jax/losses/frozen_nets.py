@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sapnet_jax import convert
+from sapnet_jax.weights import torch_layout
+from sapnet_jax.weights import backbones
 from sapnet_jax.losses import sapnet
 from sapnet_jax.weights import model_files
 from sapnet_jax.losses.sapnet import LossConfigError, field
@@ -61,10 +62,10 @@ def _weights_path(cfg, name: str, needed_by: str, hint: str) -> str:
 
 def _load_trunk(module_fn, path: str, kind: str) -> nnx.Module:
   module = nnx.eval_shape(lambda: module_fn(nnx.Rngs(0)))
-  flat = convert.load_backbone(path, kind)
+  flat = backbones.load_backbone(path, kind)
   present = set(model_files.flatten(nnx.to_pure_dict(nnx.state(module))))
   flat = {k: v for k, v in flat.items() if k in present}  # deeper layers than needed: unused
-  return convert.fill_module(module, flat, path)
+  return backbones.fill_module(module, flat, path)
 
 
 def build_seg_net(cfg: resnet_fpn.ResNetFPNConfig, encoder_weights: str | None = None,
@@ -73,19 +74,19 @@ def build_seg_net(cfg: resnet_fpn.ResNetFPNConfig, encoder_weights: str | None =
   flat = resnet_fpn.random_weights(cfg, seed)
   source = f"random ResNetFPN weights (seed {seed})"
   if encoder_weights:
-    encoder = convert.load_backbone(encoder_weights, "resnet101")
+    encoder = backbones.load_backbone(encoder_weights, "resnet101")
     if not any(k.startswith("resnet/") for k in encoder):  # an encoder alone
       encoder = {f"resnet/{k}": v for k, v in encoder.items()}
     unknown = sorted(k for k in encoder if k not in flat)
     missing = sorted(k for k in flat if k.startswith("resnet/") and k not in encoder)
     if unknown or missing:
-      raise convert.ConversionError(
+      raise torch_layout.ConversionError(
           f"{encoder_weights}: encoder does not fit ResNet depths {cfg.depths} "
           f"(missing: {missing[:6]}, unexpected: {unknown[:6]})")
     flat.update(encoder)
     source = encoder_weights
   net = nnx.eval_shape(lambda: resnet_fpn.ResNetFPN(cfg, rngs=nnx.Rngs(0)))
-  return convert.fill_module(net, flat, source)
+  return backbones.fill_module(net, flat, source)
 
 
 def build_frozen_nets(cfg: Any) -> FrozenNets:
@@ -121,7 +122,7 @@ def build_frozen_nets(cfg: Any) -> FrozenNets:
                          f"Use the lpips package's weights/v0.1/{net}.pth or "
                          f"python -m sapnet_jax.convert --download lpips_{net} "
                          f"--out lpips_{net}.npz.")
-    flat = convert.load_backbone(path, f"lpips_{net}")
+    flat = backbones.load_backbone(path, f"lpips_{net}")
     channels = vgg.WIDTHS if net == "vgg" else alexnet.WIDTHS
     for k, c in enumerate(channels):
       if np.shape(flat.get(f"lin{k}")) != (c,):

@@ -29,24 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 KEYS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y", "psnr_y_matlab", "ssim_y_matlab")
-# Which way each reported metric improves (the no-reference ones come from noref_metrics,
-# LPIPS from the loss networks): the best checkpoint follows train.val_metric's direction.
-HIGHER_IS_BETTER = ("psnr", "ssim")
-LOWER_IS_BETTER = ("niqe", "brisque", "lpips")
 _WINDOW, _SIGMA = 11, 1.5
 PADDINGS = ("valid", "same")
 # Axes up to _ONE_BAND pixels are blurred by one banded matrix; longer ones in tiles of _TILE
 # outputs, so the cost stays linear in the side (docs/benchmarks.md, SSIM).
 _ONE_BAND, _TILE = 256, 64
-
-
-def higher_is_better(name: str) -> bool:
-  """True for PSNR/SSIM keys, False for NIQE/BRISQUE/LPIPS keys; ValueError otherwise."""
-  family = name.split("_")[0]
-  if family in HIGHER_IS_BETTER or family in LOWER_IS_BETTER:
-    return family in HIGHER_IS_BETTER
-  raise ValueError(f"{name!r}: unknown metric direction; metric names start with one of "
-                   f"{', '.join(HIGHER_IS_BETTER + LOWER_IS_BETTER)}")
 
 
 def psnr(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> jax.Array:

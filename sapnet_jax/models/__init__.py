@@ -52,6 +52,18 @@ def architecture(config: dict[str, Any]) -> dict[str, Any]:
           if k not in COMPUTE_FIELDS + INIT_FIELDS + _RETIRED_FIELDS}
 
 
+def preset_name(cfg: Any) -> str | None:
+  """The name users know a config by: its family ("msnet"), or the PDU preset ("sapnet",
+  "prenet", "prn") whose architecture it has; None for a PDU config of no preset."""
+  config = config_to_dict(cfg)
+  if config["family"] != "pdu":
+    return config["family"]
+  for name, preset in pdu.PRESETS.items():
+    if architecture(config_to_dict(preset)) == architecture(config):
+      return name
+  return None
+
+
 def resolve_impl(cfg: Any, platform: str) -> Any:
   """`cfg` with its `impl` resolved for a JAX platform ("cpu", "gpu", "tpu")."""
   return dataclasses.replace(cfg, impl=ops.resolve(cfg.impl, platform))
