@@ -99,7 +99,7 @@ def main() -> None:
               flush=True)
     print(json.dumps({**checkpoint_times(os.path.join(tmp, "ckpt"), args.repeats), **host}),
           flush=True)
-    import gcs_emulator
+    from support import gcs_emulator
     server, env = gcs_emulator.start()
     os.environ.update(env)
     try:

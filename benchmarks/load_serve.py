@@ -18,7 +18,7 @@ a few kB (corrupt JPEG, WebP, PNG), one posting files that decode to exactly the
 budget (accepted: de-rained in tiles, for a long time), one that sends such a file and
 disconnects before the answer, one posting tiny images of a new size each time, slow senders
 (headers or body a byte at a time), idle connections, and declared 5 GB bodies
-(tests/hostile.py makes the files). It reports what each hostile kind got and how long each
+(tests/support/hostile.py makes the files). It reports what each hostile kind got and how long each
 took (for raw connections: how long they stayed open), and the server's RSS from /proc
 (before the load, sampled peak during it, VmHWM since start, after).
 """
@@ -44,13 +44,8 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-import hostile  # noqa: E402 - the hostile corpus the tests use: one definition of each kind
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from support import hostile  # noqa: E402 - the hostile corpus the tests use: one definition of each kind
+from support.ports import free_port  # noqa: E402
 
 
 def photo(path: str, size: str) -> tuple[bytes, tuple[int, int]]:

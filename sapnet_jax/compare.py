@@ -35,8 +35,7 @@ def check_out(parser: argparse.ArgumentParser, out: str, labels: Sequence[str],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m sapnet_jax.compare", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = flags.command_parser("sapnet_jax.compare", __doc__)
   parser.add_argument("--model", action="append", required=True, metavar="LABEL=NAME|PATH",
                       help="a model to compare (repeat); weights as sapnet_jax.pretrained.load")
   parser.add_argument("--rainy", required=True, metavar="DIR")

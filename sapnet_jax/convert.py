@@ -18,7 +18,6 @@ the key. `sapnet_jax.weights.pth` reads .pth/.bin and .safetensors files. SRC an
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 from sapnet_jax import models
 from sapnet_jax.weights import backbones, model_files, torch_layout
 from sapnet_jax.models import pdu
+from sapnet_jax.utils import flags
 from sapnet_jax.weights.pth import PthError
 
 
@@ -39,8 +39,7 @@ def _save_flat(arrays: dict[str, np.ndarray], out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m sapnet_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = flags.command_parser("sapnet_jax.convert", __doc__)
   parser.add_argument("src", nargs="?", help="PyTorch checkpoint (.pth/.bin/.safetensors)")
   parser.add_argument("--arch", choices=sorted(pdu.PRESETS) + list(backbones.BACKBONES),
                       help="architecture; for de-raining nets inferred from the keys when omitted")

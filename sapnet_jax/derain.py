@@ -23,7 +23,6 @@ image size seen before skips compiling; --no-compile-cache turns it off.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Mapping, Sequence
@@ -61,12 +60,6 @@ def find_inputs(inputs: Sequence[str], recursive: bool = False,
     else:
       errors.append(f"{item}: no such file or directory")
   return found, errors
-
-
-def collect_inputs(inputs: Sequence[str], recursive: bool = False) -> tuple[list[str], list[str]]:
-  """`find_inputs` without the relative names: (files, errors for missing inputs)."""
-  found, errors = find_inputs(inputs, recursive)
-  return list(found), errors
 
 
 def _folder_prefix(folder: str) -> str:
@@ -182,8 +175,7 @@ def _reason(error: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m sapnet_jax.derain", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = flags.command_parser("sapnet_jax.derain", __doc__)
   parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
   parser.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder")
   parser.add_argument("--recursive", "-r", action="store_true",

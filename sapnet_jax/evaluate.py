@@ -45,8 +45,7 @@ def check_outputs(parser: argparse.ArgumentParser, reports: dict[str, str | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m sapnet_jax.evaluate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = flags.command_parser("sapnet_jax.evaluate", __doc__)
   flags.add_weights(parser, pretrained.DEFAULT, pretrained.WEIGHTS_HELP + ", or 'identity' to "
                     "score the rainy inputs themselves (the baseline row of results tables)")
   source = parser.add_mutually_exclusive_group(required=True)

@@ -21,7 +21,6 @@ a check that failed.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -340,8 +339,7 @@ def load_weights(name_or_path: str) -> tuple[nnx.Module, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m sapnet_jax.export", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = flags.command_parser("sapnet_jax.export", __doc__)
   flags.add_weights(parser, pretrained.DEFAULT, pretrained.WEIGHTS_HELP)
   parser.add_argument("--out", required=True, help="output folder (may be a URI)")
   parser.add_argument("--format", default=",".join(FORMATS),

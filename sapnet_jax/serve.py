@@ -44,15 +44,10 @@ class Connections:
 
   def __post_init__(self):
     # Names are the command's flags: these errors reach its user as they are.
-    if self.max_connections < 1:
-      raise ValueError(f"--max-connections must be >= 1, got {self.max_connections}")
-    if not 0 < self.header_timeout_s <= 3600:
-      raise ValueError(f"--header-timeout must be in (0, 3600], got {self.header_timeout_s}")
-    if not 0 < self.keep_alive_s <= 3600:
-      raise ValueError(f"--keep-alive must be in (0, 3600], got {self.keep_alive_s}")
-    if not 1024 <= self.max_header_bytes <= 2**20:
-      raise ValueError(f"--max-header-bytes must be in 1024..1048576, got "
-                       f"{self.max_header_bytes}")
+    flags.check_range("--max-connections", self.max_connections, 1)
+    flags.check_range("--header-timeout", self.header_timeout_s, 0, 3600, above=True)
+    flags.check_range("--keep-alive", self.keep_alive_s, 0, 3600, above=True)
+    flags.check_range("--max-header-bytes", self.max_header_bytes, 1024, 2**20)
 
 
 CONNECTIONS = Connections()
@@ -129,8 +124,7 @@ def uvicorn_options(connections: Connections = Connections()) -> dict:
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, web_app.Limits]:
-  parser = argparse.ArgumentParser(prog="python -m sapnet_jax.serve", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = flags.command_parser("sapnet_jax.serve", __doc__)
   flags.add_weights(parser, pretrained.DEFAULT, pretrained.WEIGHTS_HELP)
   parser.add_argument("--host", default="127.0.0.1",
                       help="address to bind (default: 127.0.0.1, this machine only)")
@@ -145,11 +139,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, web_app.
                       " or --token-file")
   parser.add_argument("--token-file", metavar="PATH",
                       help="read the token from the first line of PATH")
-  parser.add_argument("--max-bytes", type=int, default=DEFAULTS.max_bytes, metavar="B",
-                      help=f"largest request body in bytes (default: {DEFAULTS.max_bytes})")
-  parser.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels, metavar="P",
-                      help=f"largest image in pixels, refused with 413 above "
-                      f"(default: {DEFAULTS.max_pixels})")
+  flags.add_number(parser, "--max-bytes", int, DEFAULTS.max_bytes, "B",
+                   "largest request body in bytes")
+  flags.add_number(parser, "--max-pixels", int, DEFAULTS.max_pixels, "P",
+                   "largest image in pixels, refused with 413 above")
   flags.add_tiling(parser, infer.DEFAULT_TILE, infer.DEFAULT_OVERLAP)
   parser.add_argument("--max-batch", type=int, metavar="N",
                       help="most same-size images de-rained in one device call (default: 1 on "
@@ -161,16 +154,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, web_app.
   flags.add_dtype(parser)
   flags.add_compile_cache(parser, "", folder=False)
   cost = parser.add_argument_group("what the device does for clients (docs/serve.md, Limits)")
-  cost.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue, metavar="N",
-                    help="most requests waiting for or on the device; one more is answered "
-                    f"503 with Retry-After (default: {DEFAULTS.max_queue})")
-  cost.add_argument("--deadline", type=float, default=DEFAULTS.deadline_s, metavar="S",
-                    help="drop a request not de-rained S seconds after it was decoded, "
-                    f"answering 503 (default: {DEFAULTS.deadline_s:g})")
-  cost.add_argument("--drain-timeout", type=float, default=DRAIN_S, metavar="S",
-                    help="on SIGTERM or Ctrl-C, let requests in progress finish for up to S "
-                    "seconds, then cancel them; the process exits after the device call "
-                    f"running then (default: {DRAIN_S:g})")
+  flags.add_number(cost, "--max-queue", int, DEFAULTS.max_queue, "N", "most requests waiting "
+                   "for or on the device; one more is answered 503 with Retry-After")
+  flags.add_number(cost, "--deadline", float, DEFAULTS.deadline_s, "S",
+                   "drop a request not de-rained S seconds after it was decoded, answering 503")
+  flags.add_number(cost, "--drain-timeout", float, DRAIN_S, "S", "on SIGTERM or Ctrl-C, let "
+                   "requests in progress finish for up to S seconds, then cancel them; the "
+                   "process exits after the device call running then")
   cost.add_argument("--warmup", choices=("tile", "all", "none"), default="tile",
                     help="programs to compile before serving, the only ones written to the "
                     "compile cache: 'tile' (the tile size, shared by every tiled image), 'all' "
@@ -180,22 +170,19 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, web_app.
                     "of mirrored up to a bucket size: each new size then compiles (seconds) and "
                     "stays in memory, so only for trusted clients")
   conn = parser.add_argument_group("connections (docs/serve.md, Connections and timeouts)")
-  conn.add_argument("--max-connections", type=int, default=CONNECTIONS.max_connections,
-                    metavar="N", help="open connections or requests in progress above which a "
-                    f"new request is answered 503 at once (default: {CONNECTIONS.max_connections})")
-  conn.add_argument("--header-timeout", type=float, default=CONNECTIONS.header_timeout_s,
-                    metavar="S", help="close a connection whose request line and headers have "
-                    "not arrived S seconds after it opened or got its last answer "
-                    f"(default: {CONNECTIONS.header_timeout_s:g})")
-  conn.add_argument("--body-timeout", type=float, default=DEFAULTS.body_timeout_s, metavar="S",
-                    help="answer 408 to a request whose body has not arrived S seconds after "
-                    f"its headers (default: {DEFAULTS.body_timeout_s:g})")
-  conn.add_argument("--keep-alive", type=float, default=CONNECTIONS.keep_alive_s, metavar="S",
-                    help="close an idle connection S seconds after its last answer "
-                    f"(default: {CONNECTIONS.keep_alive_s:g})")
-  conn.add_argument("--max-header-bytes", type=int, default=CONNECTIONS.max_header_bytes,
-                    metavar="B", help="refuse (400) a request whose line and headers are still "
-                    f"unfinished after B bytes (default: {CONNECTIONS.max_header_bytes})")
+  flags.add_number(conn, "--max-connections", int, CONNECTIONS.max_connections, "N",
+                   "open connections or requests in progress above which a new request is "
+                   "answered 503 at once")
+  flags.add_number(conn, "--header-timeout", float, CONNECTIONS.header_timeout_s, "S",
+                   "close a connection whose request line and headers have not arrived S "
+                   "seconds after it opened or got its last answer")
+  flags.add_number(conn, "--body-timeout", float, DEFAULTS.body_timeout_s, "S", "answer 408 to "
+                   "a request whose body has not arrived S seconds after its headers")
+  flags.add_number(conn, "--keep-alive", float, CONNECTIONS.keep_alive_s, "S",
+                   "close an idle connection S seconds after its last answer")
+  flags.add_number(conn, "--max-header-bytes", int, CONNECTIONS.max_header_bytes, "B",
+                   "refuse (400) a request whose line and headers are still unfinished after "
+                   "B bytes")
   args = parser.parse_args(argv)
   if args.max_batch is not None and args.max_batch < 1:
     parser.error(f"--max-batch must be >= 1, got {args.max_batch}")
@@ -212,8 +199,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, web_app.
                             body_timeout_s=args.body_timeout, max_queue=args.max_queue,
                             deadline_s=args.deadline, buckets=not args.no_buckets,
                             scale=args.scale)
-    if not 0 <= args.drain_timeout <= 3600:
-      raise ValueError(f"--drain-timeout must be in 0..3600, got {args.drain_timeout}")
+    flags.check_range("--drain-timeout", args.drain_timeout, 0, 3600)
     args.connections = Connections(max_connections=args.max_connections,
                                    header_timeout_s=args.header_timeout,
                                    keep_alive_s=args.keep_alive,

@@ -1,20 +1,12 @@
-"""Shared test helpers: where ../shared is, and skipping cleanly when it is absent."""
+"""Fixtures shared by every test folder (pytest finds this file for all of them); helpers that
+tests import live in tests/support/."""
 
 import os
-from pathlib import Path
+import re
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures"
-SHARED = Path(os.environ.get("SAPNET_SHARED", REPO.parent / "shared"))
-
-
-# The demo config (configs/demo.py) shrunk to train in seconds: the training-loop, bucket and
-# multi-process tests override it with these.
-TINY_DEMO = {"model.stages": 2, "model.channels": 8, "model.num_blocks": 1, "model.reduction": 4,
-             "data.patch_size": 32, "data.global_batch_size": 4, "train.log_every": 2,
-             "train.save_every": 2, "train.eval_every": 0, "eval.tile": 0}
+from support import gcs_emulator
 
 
 @pytest.fixture
@@ -25,21 +17,12 @@ def own_compile_cache(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_compile"))
 
 
-def shared_path(rel: str) -> Path:
-  """Returns ../shared/<rel>, skipping the test with the reason when it is not there."""
-  path = SHARED / rel
-  if not path.exists():
-    pytest.skip(f"needs {path} (the project's shared data/weights); not present here")
-  return path
-
-
 # ---- a real object store: fake-gcs-server (the GCS JSON API) on localhost --------------------
 @pytest.fixture(scope="session")
 def gcs_server():
-  """fake-gcs-server on 127.0.0.1 for this test session (tests/gcs_emulator.py); gcsfs,
+  """fake-gcs-server on 127.0.0.1 for this test session (tests/support/gcs_emulator.py); gcsfs,
   google-cloud-storage and tensorstore (Orbax) are pointed at it through their emulator
   variables, which subprocesses inherit. Skips, saying why, only if it cannot start."""
-  import gcs_emulator
   try:
     server, env = gcs_emulator.start()
   except ImportError as e:
@@ -60,8 +43,6 @@ def gcs_server():
 @pytest.fixture
 def gcs_bucket(gcs_server, request):
   """A new empty bucket on the emulator; returns its gs:// URI."""
-  import re
-  import gcs_emulator
   _BUCKETS.append(request.node.name)
   name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
   return gcs_emulator.create_bucket(gcs_server.url, f"{name}-{os.getpid()}-{len(_BUCKETS)}")

@@ -6,7 +6,7 @@ import re
 import pytest
 from flax import nnx
 
-from conftest import REPO
+from support.paths import REPO
 from sapnet_jax import models
 from sapnet_jax.models import msnet, pdu
 
@@ -163,3 +163,20 @@ def test_weight_files_and_fractional_epochs_are_settable_from_the_command_line()
   assert fv.config.loss.seg_encoder_weights == "r101.pth"
   assert fv.config.loss.seg_start_epoch == 0.55
   assert fv.config.loss.alexnet_weights is None  # unset: still None, as the losses expect
+
+
+@pytest.mark.parametrize("name,batch", [("gpu", 48), ("tpu_pod", 64)])
+def test_accelerator_configs_keep_the_paper_schedule_and_scale_the_lr(name, batch):
+  """configs/gpu.py and tpu_pod.py: SAPNet with the paper's losses and epochs, bfloat16
+  compute, and Adam's lr by the square-root rule from the paper's 1e-3 at batch 12."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  default = importlib.import_module("configs.default").get_config()
+  cfg = models.resolve_impl(models.config_from_dict(config.model.to_dict()), "gpu")
+  assert models.architecture(models.config_to_dict(cfg)) == models.architecture(
+      models.config_to_dict(models.resolve_impl(pdu.SAPNET, "gpu")))
+  assert config.model.dtype == "bfloat16" and config.data.global_batch_size == batch
+  assert config.optim.lr == pytest.approx(1e-3 * (batch / 12) ** 0.5)
+  changed = _diff(config, default)
+  assert not changed & {"train.num_epochs", "optim.milestones", "optim.decay_factor",
+                        "loss.ssim_weight", "loss.contrast_weight", "loss.lpips_weight",
+                        "loss.seg_weight", "data.patch_size", "data.stride"}, changed

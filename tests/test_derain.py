@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 from PIL import Image, ImageCms
 
-import hostile
-from conftest import REPO, shared_path
-from imagefiles import odd_images
+from support import hostile
+from support.paths import REPO, shared_path
+from support.imagefiles import odd_images
 from sapnet_jax import derain
 from sapnet_jax.runtime import compile_cache
 from sapnet_jax.weights import model_files

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from conftest import REPO, shared_path
+from support.paths import REPO, shared_path
 from sapnet_jax import evaluate, infer
 from sapnet_jax.evaluation import scoring
 from sapnet_jax.metrics import full_reference

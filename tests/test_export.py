@@ -28,7 +28,7 @@ import onnx
 import pytest
 from flax import nnx
 
-from conftest import REPO
+from support.paths import REPO
 from sapnet_jax import export, infer, models, pretrained
 from sapnet_jax.utils import fileio
 from sapnet_jax.weights import model_files

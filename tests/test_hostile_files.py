@@ -1,5 +1,6 @@
-"""The hostile corpus (tests/hostile.py) against the file side: the image reader and the derain
-command, run as a user runs it. Each kind gets its own clear outcome; nothing else happens."""
+"""The hostile corpus (tests/support/hostile.py) against the file side: the image reader and the
+derain command, run as a user runs it. Each kind gets its own clear outcome; nothing else
+happens."""
 
 import os
 import re
@@ -9,8 +10,8 @@ import sys
 import pytest
 from flax import nnx
 
-import hostile
-from conftest import REPO
+from support import hostile
+from support.paths import REPO
 from sapnet_jax.weights import model_files
 from sapnet_jax.data import imageio
 from sapnet_jax.models import pdu

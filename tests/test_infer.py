@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO
+from support.paths import REPO
 from sapnet_jax import infer, pretrained
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import pdu

@@ -4,7 +4,7 @@ git repository (the pip install step replaced: it is not what is under test)."""
 import shlex
 import subprocess
 
-from conftest import REPO
+from support.paths import REPO
 
 PIP = "python3 -m pip install -q -e '.[tpu]'"
 

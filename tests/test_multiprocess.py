@@ -11,7 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_DEMO
+from support.demo_config import TINY_DEMO
+from support.paths import REPO
+from support.ports import free_port
 from sapnet_jax.training import summaries
 from sapnet_jax.weights import model_files
 
@@ -108,8 +110,7 @@ def test_sigkill_of_both_processes_then_restart_equals_the_uninterrupted_run(pod
 
 
 def test_failed_preparation_is_reported_by_every_process(tmp_path):
-  port = subprocess.run([sys.executable, "-c", "import portpicker; print(portpicker.pick_unused_port())"],
-                        capture_output=True, text=True, check=True).stdout.strip()
+  port = free_port()
   missing = tmp_path / "no_such_folder"
   procs = [subprocess.Popen(
       [sys.executable, "-m", "sapnet_jax.main", "--multihost", f"--coordinator=localhost:{port}",

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from support.paths import shared_path
 from sapnet_jax import pretrained
 from sapnet_jax.weights import registry
 from sapnet_jax.weights import torch_layout

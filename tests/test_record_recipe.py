@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_path
+from support.paths import REPO, shared_path
 from configs import default, synthetic_rain100h
 from sapnet_jax.data import imageio
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_variant_is_the_full_sapnet_with_the_papers_losses():

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from conftest import FIXTURES, REPO, shared_path
+from support.paths import FIXTURES, REPO, shared_path
 from sapnet_jax import compare, convert, derain, evaluate, infer, pretrained
 from sapnet_jax.evaluation import comparison
 from sapnet_jax.weights import torch_layout
@@ -140,8 +140,9 @@ def test_derain_bucket_to_bucket_equals_the_local_run(tmp_path, gcs_bucket, tiny
   assert (tmp_path / "one" / "b.png").read_bytes() == (tmp_path / "out" / "b.png").read_bytes()
   assert derain.output_paths([remote_in + "/a.png"], remote_out + "/") == {
       remote_in + "/a.png": remote_out + "/a.png"}
-  assert derain.collect_inputs([remote_in + "/", fileio.join(gcs_bucket, "gone")]) == (
-      [f"{remote_in}/{n}.png" for n in "abc"], [f"{gcs_bucket}/gone: no such file or directory"])
+  assert derain.find_inputs([remote_in + "/", fileio.join(gcs_bucket, "gone")]) == (
+      {f"{remote_in}/{n}.png": f"{n}.png" for n in "abc"},
+      [f"{gcs_bucket}/gone: no such file or directory"])
 
 
 def test_derain_names_missing_and_bad_remote_inputs(tmp_path, gcs_bucket, tiny_weights, capsys):

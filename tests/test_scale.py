@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO, shared_path
+from support.paths import REPO, shared_path
 from sapnet_jax import infer, pretrained
 from sapnet_jax.data import rain_renderer
 from sapnet_jax.data.imageio import read_image

@@ -72,8 +72,10 @@ def png_bytes(pixels: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-  """Decodes stored image bytes to uint8 RGB (H, W, 3) with Pillow, as the builders wrote them.
+def decode_record_image(data: bytes) -> np.ndarray:
+  """Decodes the image bytes of a built dataset's record to uint8 RGB (H, W, 3) with Pillow,
+  as `encode_image_file` stored them (trusted, already upright; uploads and files go through
+  imageio's checked decoders instead).
 
   The pipeline decodes with this rather than TFDS's decoder, which switches to OpenCV when it
   is installed; Pillow is what `encode_image_file` checked the bytes against.

@@ -112,9 +112,9 @@ class Source:
   def record(self, index: int) -> dict:
     """Record `index` with images decoded to uint8 RGB and the name as str."""
     raw = self._open()[int(index)]
-    out = {"rainy": builders.decode_image(raw["rainy"]), "name": _text(raw["name"])}
+    out = {"rainy": builders.decode_record_image(raw["rainy"]), "name": _text(raw["name"])}
     if "clean" in raw:
-      out["clean"] = builders.decode_image(raw["clean"])
+      out["clean"] = builders.decode_record_image(raw["clean"])
     return out
 
 
@@ -123,11 +123,6 @@ def _text(value) -> str:
 
 
 # ---- patch plans --------------------------------------------------------------------------------
-def grid_starts(length: int, patch: int, stride: int) -> np.ndarray:
-  """Window starts along one axis: 0, stride, ... while the window fits (PReNet's Im2Patch)."""
-  return np.arange(0, length - patch + 1, stride)
-
-
 class PatchPlan:
   """The official patch list as a random-access sequence of (record, top, left, mirrored) rows:
   every `patch` window on the stride grid of every image (and of its mirror image with

@@ -69,7 +69,7 @@ HEAVY = RainStyle(layers=(2, 4), density=(0.004, 0.012), brightness=(0.5, 0.9),
 # Rain100H's rain as its 100 test pairs show it (rainy - clean): added, never darkening, no veil
 # (the residual does not depend on the clean intensity until it clips at 1); long thin streaks in
 # one or two directions over most of the image. Calibrated on its residuals (docs/fidelity.md,
-# Data; tests/test_synth.py checks the quantiles).
+# Data; tests/data/test_rain_renderer.py checks the quantiles).
 RAIN100H = RainStyle(layers=(1, 2), angle_deg=(-20.0, 20.0), angle_spread_deg=15.0,
                      length=(40.0, 120.0), width=(1.0, 2.0), blur=(0.0, 0.5),
                      density=(0.003, 0.007), brightness=(0.2, 0.45), haze_probability=0.0,

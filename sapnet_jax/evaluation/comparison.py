@@ -24,10 +24,7 @@ def parse_model(spec: str) -> tuple[str, str]:
   """`LABEL=NAME|PATH` (or a bare name, which is then its own label)."""
   label, sep, weights = spec.partition("=")
   if not sep:
-    # normpath would turn gs://b/x into gs:/b/x; a URI only loses its trailing slashes.
-    label = fileio.basename(spec) if fileio.is_remote(spec) else \
-        os.path.basename(os.path.normpath(spec))
-    weights = spec
+    label, weights = registry.display_name(spec), spec
   if not label or not weights or os.sep in label:
     raise ValueError(f"--model {spec!r}: expected LABEL=NAME|PATH with a plain label")
   return label, weights

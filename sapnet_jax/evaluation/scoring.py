@@ -319,7 +319,7 @@ def evaluate_workdir(config, workdir: str) -> dict[str, dict]:
   if ev.get("weights"):
     model = registry.load(ev.weights, **eval_overrides(config.model))
     label = "weights_" + "".join(c if c.isalnum() or c in "-_." else "_"
-                                 for c in fileio.basename(ev.weights.rstrip("/")))
+                                 for c in registry.display_name(ev.weights))
     meta = {"weights": ev.weights}
   else:
     path = model_files.step_dir(fileio.join(workdir, "checkpoints"),

@@ -23,10 +23,19 @@ import time
 from typing import Sequence
 
 from sapnet_jax.evaluation import scoring
-from sapnet_jax.utils import fileio
+from sapnet_jax.utils import fileio, flags
 from sapnet_jax.experiments import plan, report, runner, score_runs, tables
 
 SHARED = os.path.join("..", "shared")
+# The frozen nets' weight files, by the config.loss field each fills (for the configs that
+# leave it unset): what it is, and where it lies inside --weights_dir (the layout of the
+# project's ../shared/weights).
+FROZEN_WEIGHTS = {
+    "vgg_weights": ("VGG-16 features (PCL)", "vgg16_imagenet/vgg16_features_hwio.npz"),
+    "alexnet_weights": ("AlexNet features (LPIPS-Alex, also of every table's scores)",
+                        "alexnet_imagenet/alexnet_features_hwio.npz"),
+    "lpips_weights": ("LPIPS v0.1 linear layers for AlexNet (likewise)", "lpips/alex_v0.1.pth"),
+}
 
 
 def _default(path: str) -> str | None:
@@ -34,8 +43,7 @@ def _default(path: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m sapnet_jax.experiments", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = flags.command_parser("sapnet_jax.experiments", __doc__)
   parser.add_argument("--table", required=True, choices=sorted(tables.TABLES))
   parser.add_argument("--scale", default="demo", choices=tables.SCALES)
   parser.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1")
@@ -44,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--weights_dir", default=_default(os.path.join(SHARED, "weights")),
                       metavar="DIR", help="VGG-16, AlexNet and LPIPS weights laid out as the "
                       "project's ../shared/weights (default: that folder if it exists)")
+  for field, (what, place) in FROZEN_WEIGHTS.items():
+    parser.add_argument(f"--{field}", metavar="PATH", help=f"{what} for the configs that leave "
+                        f"config.loss.{field} unset (default: --weights_dir's {place})")
   parser.add_argument("--rain100h", default=_default(os.path.join(SHARED, "data", "rain100h")),
                       metavar="DIR|NAME:SPLIT", help="Rain100H test pairs (rainy/, clean/) or a "
                       "built split; default ../shared/data/rain100h if it exists")
@@ -58,10 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--seeds must be at least 1")
   workdir = os.path.abspath(args.workdir)
   table, seeds = tables.TABLES[args.table], list(range(args.seeds))
-  weights_dir = os.path.abspath(args.weights_dir) if args.weights_dir else None
+  files = weight_files(args)
+  for field in ("alexnet_weights", "lpips_weights"):  # every table is scored with LPIPS-Alex
+    if files[field] and not fileio.exists(files[field]):
+      parser.error(f"--{field}: {files[field]}: no such file")
   try:
-    runs, rows = plan.plan(table, args.scale, seeds, workdir, args.configs_dir, weights_dir,
-                      args.data_dir)
+    runs, rows = plan.plan(table, args.scale, seeds, workdir, args.configs_dir, files,
+                           args.data_dir)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -95,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   limit = tables.SCORE_LIMIT[args.scale]
   sets = plan.scoring_sets(args.rain100h, args.real)
-  metric = score_runs.lpips_alex(weights_dir) if weights_dir else None
+  lpips_files = files["alexnet_weights"], files["lpips_weights"]
+  metric = score_runs.lpips_alex(*lpips_files) if all(lpips_files) else None
   print(f"scoring {len(runs)} runs on {', '.join(sets)}"
         + (f" (first {limit} images of each)" if limit else ""), flush=True)
   for run in runs:
@@ -115,6 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(report.markdown(data))
   print(f"wrote {workdir}/table.json, table.md, curves.png")
   return 0
+
+
+def weight_files(args: argparse.Namespace) -> dict[str, str | None]:
+  """Each frozen net's file (absolute, as runs start in another folder): its own flag, else
+  its place inside --weights_dir, else None (a config that needs it then names its field)."""
+  files = {}
+  for field, (_, place) in FROZEN_WEIGHTS.items():
+    path = getattr(args, field) or (
+        fileio.join(args.weights_dir, *place.split("/")) if args.weights_dir else None)
+    files[field] = fileio.absolute(path) if path else None
+  return files
 
 
 if __name__ == "__main__":

@@ -23,13 +23,15 @@ def scoring_sets(rain100h: str | None, real: str | None) -> dict:
 
 
 def plan(table: tables.Table, scale: str, seeds: Sequence[int], workdir: str, configs_dir: str,
-         weights_dir: str | None, data_dir: str | None) -> tuple[list[runner.Run], dict]:
-  """The runs of the table, and per row its config spec and the flags the scale adds."""
+         weight_files: dict[str, str | None], data_dir: str | None
+         ) -> tuple[list[runner.Run], dict]:
+  """The runs of the table, and per row its config spec and the flags the scale adds;
+  `weight_files` (loss field -> file) fill the frozen nets' fields a config leaves unset."""
   runs, rows = [], {}
   for row in table.rows:
     spec = f"{configs_dir}/{row.config}:{row.variant_at(scale)}"
     try:
-      rows[row.name], flags, steps = _plan_row(row, spec, scale, configs_dir, weights_dir,
+      rows[row.name], flags, steps = _plan_row(row, spec, scale, configs_dir, weight_files,
                                                data_dir)
     except (OSError, ValueError) as e:
       raise ValueError(f"{spec} (row {row.name}): {e}") from None
@@ -41,8 +43,9 @@ def plan(table: tables.Table, scale: str, seeds: Sequence[int], workdir: str, co
   return runs, rows
 
 
-def _plan_row(row: tables.Row, spec: str, scale: str, configs_dir: str, weights_dir: str | None,
-              data_dir: str | None) -> tuple[dict, list[str], int]:
+def _plan_row(row: tables.Row, spec: str, scale: str, configs_dir: str,
+              weight_files: dict[str, str | None], data_dir: str | None
+              ) -> tuple[dict, list[str], int]:
   config = tables.load_config(configs_dir, row, scale)
   if data_dir:
     config.data.data_dir = data_dir
@@ -54,7 +57,7 @@ def _plan_row(row: tables.Row, spec: str, scale: str, configs_dir: str, weights_
     return loop.steps_per_epoch(cfg)
 
   overrides = {**tables.scale_overrides(config, scale, per_epoch),
-               **tables.weight_overrides(config, weights_dir)}
+               **tables.weight_overrides(config, weight_files)}
   if data_dir:
     overrides["data.data_dir"] = data_dir
   tables.apply(config, overrides)

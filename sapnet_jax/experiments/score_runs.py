@@ -25,13 +25,12 @@ from sapnet_jax.weights import model_files
 Metric = Callable[[np.ndarray, np.ndarray], dict]
 
 
-def lpips_alex(weights_dir: str) -> Metric:
-  """LPIPS-Alex of an output against its clean image, from the frozen nets' weight files."""
+def lpips_alex(alexnet_weights: str, lpips_weights: str) -> Metric:
+  """LPIPS-Alex of an output against its clean image, from the AlexNet features' weights and
+  the LPIPS v0.1 linear layers for AlexNet (files as config.loss takes them)."""
   cfg = ml_collections.ConfigDict(dict(
       contrast="none", lpips_weight=1.0, lpips_net="alex", seg_weight=0.0,
-      perceptual_dtype="float32",
-      alexnet_weights=f"{weights_dir}/alexnet_imagenet/alexnet_features_hwio.npz",
-      lpips_weights=f"{weights_dir}/lpips/alex_v0.1.pth"))
+      perceptual_dtype="float32", alexnet_weights=alexnet_weights, lpips_weights=lpips_weights))
   nets = frozen_nets.build_frozen_nets(cfg)
   trunk, heads = nets.alexnet, nets.lpips_heads.as_dict()
   distance = jax.jit(lambda x, y: sapnet.lpips(trunk, heads, x, y, net="alex", size=None))

@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import ml_collections
 
+from sapnet_jax.utils import fileio
+
 
 @dataclasses.dataclass(frozen=True)
 class Row:
@@ -147,20 +149,16 @@ def scale_overrides(config: Any, scale: str, steps_per_epoch: Callable[[Any], in
   return out
 
 
-def weight_overrides(config: Any, weights_dir: str | None) -> dict[str, Any]:
-  """The frozen nets' weight files from a folder laid out as ../shared/weights, for the loss
-  fields a config leaves unset (None: leave them; training then names the missing field)."""
-  if weights_dir is None or config.model.family != "pdu":
+def weight_overrides(config: Any, weight_files: dict[str, str | None]) -> dict[str, Any]:
+  """The frozen nets' weight files (loss field name -> file, None: not given) for the loss
+  fields a config leaves unset; a field with no file stays unset and training names it."""
+  if config.model.family != "pdu":
     return {}
-  files = {"vgg_weights": "vgg16_imagenet/vgg16_features_hwio.npz",
-           "alexnet_weights": "alexnet_imagenet/alexnet_features_hwio.npz",
-           "lpips_weights": f"lpips/{config.loss.lpips_net}_v0.1.pth"}
-  out = {f"loss.{k}": f"{weights_dir}/{v}" for k, v in files.items() if not config.loss[k]}
-  for path in out.values():
-    if not pathlib.Path(path).exists():
-      raise FileNotFoundError(f"{path}: no such weights file (--weights_dir={weights_dir} "
-                              "should hold vgg16_imagenet/, alexnet_imagenet/ and lpips/ as "
-                              "../shared/weights does)")
+  out = {f"loss.{k}": path for k, path in weight_files.items() if path and not config.loss[k]}
+  for key, path in out.items():
+    if not fileio.exists(path):
+      raise FileNotFoundError(f"{path}: no such weights file (for config.{key}; "
+                              f"--{key.split('.')[-1]} or --weights_dir names another)")
   return out
 
 

@@ -65,7 +65,7 @@ def _load_trunk(module_fn, path: str, kind: str) -> nnx.Module:
   flat = backbones.load_backbone(path, kind)
   present = set(model_files.flatten(nnx.to_pure_dict(nnx.state(module))))
   flat = {k: v for k, v in flat.items() if k in present}  # deeper layers than needed: unused
-  return backbones.fill_module(module, flat, path)
+  return model_files.fill_params(module, flat, path, variables=...)
 
 
 def build_seg_net(cfg: resnet_fpn.ResNetFPNConfig, encoder_weights: str | None = None,
@@ -86,14 +86,16 @@ def build_seg_net(cfg: resnet_fpn.ResNetFPNConfig, encoder_weights: str | None =
     flat.update(encoder)
     source = encoder_weights
   net = nnx.eval_shape(lambda: resnet_fpn.ResNetFPN(cfg, rngs=nnx.Rngs(0)))
-  return backbones.fill_module(net, flat, source)
+  return model_files.fill_params(net, flat, source, variables=...)  # BatchNorm statistics too
 
 
-def build_frozen_nets(cfg: Any) -> FrozenNets:
+def build_frozen_nets(cfg: Any, random_missing: bool = False) -> FrozenNets:
   """Builds and loads the networks that the enabled terms of `cfg` (config.loss) need.
 
   Missing VGG/AlexNet/LPIPS weights raise LossConfigError naming the config field; a missing
   ResNet encoder leaves the segmentation net random but fixed (seeded), logged as a warning.
+  `random_missing`: missing VGG/AlexNet/LPIPS weights are random too (noted), for benchmarks
+  on machines without the weight files: the same networks cost the same time.
   """
   needs = sapnet.needed_nets(cfg)
   dtype = field(cfg, "perceptual_dtype")
@@ -102,21 +104,34 @@ def build_frozen_nets(cfg: Any) -> FrozenNets:
   if needs["pcl"] or needs["lpips_vgg"]:
     who = " and ".join(n for n, on in (("the perceptual contrastive loss", needs["pcl"]),
                                        ("LPIPS-VGG", needs["lpips_vgg"])) if on)
-    path = _weights_path(cfg, "vgg_weights", who,
-                         "Convert them: python -m sapnet_jax.convert --download vgg16 "
-                         "--out vgg16.npz.")
     layers = (vgg.LPIPS_LAYERS if needs["lpips_vgg"] else ()) + (
         tuple(field(cfg, "pcl_layers")) if needs["pcl"] else ())
     last = max(layers, key=vgg.LAYERS.index)
-    trunk_vgg = _load_trunk(lambda r: vgg.VGG16Features(last=last, dtype=dtype, rngs=r),
-                            path, "vgg16")
-  if needs["lpips_alex"]:
+    if random_missing and not field(cfg, "vgg_weights"):
+      trunk_vgg = vgg.VGG16Features(last=last, dtype=dtype, rngs=nnx.Rngs(0))
+      notes.append("vgg: config.loss.vgg_weights is None: random VGG-16 (random_missing)")
+    else:
+      path = _weights_path(cfg, "vgg_weights", who,
+                           "Convert them: python -m sapnet_jax.convert --download vgg16 "
+                           "--out vgg16.npz.")
+      trunk_vgg = _load_trunk(lambda r: vgg.VGG16Features(last=last, dtype=dtype, rngs=r),
+                              path, "vgg16")
+  if needs["lpips_alex"] and random_missing and not field(cfg, "alexnet_weights"):
+    trunk_alex = alexnet.AlexNetFeatures(dtype=dtype, rngs=nnx.Rngs(0))
+    notes.append("alexnet: config.loss.alexnet_weights is None: random AlexNet (random_missing)")
+  elif needs["lpips_alex"]:
     path = _weights_path(cfg, "alexnet_weights", "LPIPS-Alex",
                          "Convert them: python -m sapnet_jax.convert --download alexnet "
                          "--out alexnet.npz.")
     trunk_alex = _load_trunk(lambda r: alexnet.AlexNetFeatures(dtype=dtype, rngs=r),
                              path, "alexnet")
-  if needs["lpips_vgg"] or needs["lpips_alex"]:
+  if (needs["lpips_vgg"] or needs["lpips_alex"]) and random_missing and not field(
+      cfg, "lpips_weights"):
+    channels = vgg.WIDTHS if field(cfg, "lpips_net") == "vgg" else alexnet.WIDTHS
+    heads = LPIPSHeads({f"lin{k}": np.full((c,), 1.0 / c, np.float32)
+                        for k, c in enumerate(channels)})
+    notes.append("lpips: config.loss.lpips_weights is None: uniform heads (random_missing)")
+  elif needs["lpips_vgg"] or needs["lpips_alex"]:
     net = field(cfg, "lpips_net")
     path = _weights_path(cfg, "lpips_weights", f"LPIPS-{net}",
                          f"Use the lpips package's weights/v0.1/{net}.pth or "

@@ -98,8 +98,7 @@ def supervised_loss(derained: jax.Array, clean: jax.Array,
     raise ValueError(f"derained and clean images differ in shape: {derained.shape} vs "
                      f"{clean.shape}")
   neg_ssim = sapnet.ssim_loss(derained, clean)
-  dtype = jnp.promote_types(derained.dtype, jnp.float32)
-  l1 = jnp.mean(jnp.abs(derained.astype(dtype) - clean.astype(dtype)))
+  l1 = sapnet.l1(derained, clean)
   weight = {k: float(sapnet.field(cfg, k)) for k in ("ssim_weight", "l1_weight")}
   total = weight["ssim_weight"] * neg_ssim + weight["l1_weight"] * l1
   return total, {"ssim": neg_ssim, "l1": l1}

@@ -16,18 +16,19 @@ from flax import nnx
 from sapnet_jax.losses import frozen_nets, msnet, sapnet
 
 
-def build(config: Any) -> tuple[Callable, Any]:
+def build(config: Any, random_missing: bool = False) -> tuple[Callable, Any]:
+  """`random_missing`: frozen_nets.build_frozen_nets's (benchmarks without weight files)."""
   family = config.model.family
   if family == "pdu":
-    return _pdu_objective(config.loss)
+    return _pdu_objective(config.loss, random_missing)
   if family == "msnet":
     return _msnet_objective(config.loss, bool(config.data.get("real_dataset"))), None
   raise ValueError(f"config.model.family={family!r}: no training objective; known: pdu, msnet")
 
 
-def _pdu_objective(loss_cfg: Any) -> tuple[Callable, Any]:
+def _pdu_objective(loss_cfg: Any, random_missing: bool = False) -> tuple[Callable, Any]:
   """SAPNet/PReNet: -SSIM plus the perceptual, LPIPS and segmentation terms of config.loss."""
-  graphdef, frozen = nnx.split(frozen_nets.build_frozen_nets(loss_cfg))
+  graphdef, frozen = nnx.split(frozen_nets.build_frozen_nets(loss_cfg, random_missing))
 
   def loss_fn(model: nnx.Module, frozen_state: Any, batch: dict, epoch: jax.Array):
     derained = model(batch["rainy"])

@@ -65,7 +65,7 @@ class LossConfigError(ValueError):
 field = functools.partial(config_field.field, where="config.loss", error=LossConfigError)
 
 
-# --- SSIM -----------------------------------------------------------------------------------
+# --- SSIM, L1 -------------------------------------------------------------------------------
 
 def _at_least_f32(x: jax.Array) -> jax.DTypeLike:
   # Losses reduce in float32, or in float64 when the images are (numerics checks, x64 mode).
@@ -84,6 +84,13 @@ def ssim_loss(derained: jax.Array, clean: jax.Array) -> jax.Array:
   return -ssim(derained, clean)
 
 
+def l1(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Mean absolute difference, in float32 at least: the pixel term of both families' losses
+  and the distance inside the contrastive losses."""
+  dtype = _at_least_f32(a)
+  return jnp.mean(jnp.abs(a.astype(dtype) - b.astype(dtype)))
+
+
 # --- running a frozen net -------------------------------------------------------------------
 
 def _run(module: nnx.Module, x: jax.Array, *, remat: bool = False, **kwargs):
@@ -95,11 +102,6 @@ def _run(module: nnx.Module, x: jax.Array, *, remat: bool = False, **kwargs):
     return nnx.merge(graphdef, state)(x, **kwargs)
 
   return (jax.checkpoint(forward) if remat else forward)(state, x)
-
-
-def _l1(a: jax.Array, b: jax.Array) -> jax.Array:
-  dtype = _at_least_f32(a)
-  return jnp.mean(jnp.abs(a.astype(dtype) - b.astype(dtype)))
 
 
 # --- contrastive losses ---------------------------------------------------------------------
@@ -126,14 +128,14 @@ def pcl(vgg_net: nnx.Module, derained: jax.Array, clean: jax.Array, rainy: jax.A
   total = 0.0
   for name, w in zip(layers, weights):
     pos, neg = fgr[name][:n], fgr[name][n:]
-    total = total + w * _l1(fd[name], pos) / (_l1(fd[name], neg) + eps)
+    total = total + w * l1(fd[name], pos) / (l1(fd[name], neg) + eps)
   return total
 
 
 def l1_contrastive(derained: jax.Array, clean: jax.Array, rainy: jax.Array,
                    eps: float = 1e-7) -> jax.Array:
   """The paper's L1-CL ablation (official ContrastLoss on pixels): L1(D,G) / (L1(D,R) + eps)."""
-  return _l1(derained, clean) / (_l1(derained, rainy) + eps)
+  return l1(derained, clean) / (l1(derained, rainy) + eps)
 
 
 # --- LPIPS ----------------------------------------------------------------------------------
@@ -245,7 +247,7 @@ def total_loss(cfg: Any, frozen: Any, derained: jax.Array, clean: jax.Array,
   if field(cfg, "ssim_weight") != 0:
     terms["ssim"], weights["ssim"] = ssim_loss(derained, clean), field(cfg, "ssim_weight")
   if field(cfg, "l1_weight") != 0:  # not in SAPNet; SSIM alone leaves brightness loose
-    terms["l1"], weights["l1"] = _l1(derained, clean), field(cfg, "l1_weight")
+    terms["l1"], weights["l1"] = l1(derained, clean), field(cfg, "l1_weight")
   contrast = field(cfg, "contrast")
   if contrast != "none" and field(cfg, "contrast_weight") != 0:
     eps = field(cfg, "contrast_eps")

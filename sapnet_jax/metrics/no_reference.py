@@ -2,7 +2,7 @@
 
 Both run per image in NumPy/SciPy from model parameters shipped in `sapnet_jax/metrics/iqa_params/`
 (nothing is downloaded); `iqa_params/README.txt` names their origin and licences. Each follows
-one reference implementation, against which `tests/test_noref_metrics.py` checks it:
+one reference implementation, against which `tests/metrics/test_no_reference.py` checks it:
 
   niqe     BasicSR 1.4.2 `basicsr.metrics.calculate_niqe(img, crop_border, convert_to='y')`, a
            port of LIVE's MATLAB niqe.m: the image is rounded to 8 bits, converted to MATLAB's

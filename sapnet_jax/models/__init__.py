@@ -1,4 +1,8 @@
-"""Flax NNX networks. Nothing here imports the rest of the package.
+"""Flax NNX networks: the de-raining families (`pdu`, the SAPNet/PReNet/PRN "progressive dilated
+unit" family; `msnet`), the frozen nets of the losses (`vgg`, `alexnet`, `resnet_fpn`) and the
+kernel sets of `ops`.
+
+May import: nothing else from the package (what a network computes depends on no other part).
 
 A model's architecture is a frozen config dataclass; `config_to_dict`/`config_from_dict`
 give the JSON form that checkpoints store beside the weights. Its `impl` field picks the

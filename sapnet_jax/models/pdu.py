@@ -1,4 +1,6 @@
-"""Progressive recurrent de-raining networks: SAPNet, PReNet and PRN as one module family.
+"""PDU networks: SAPNet, PReNet and PRN as one module family, named for the SAPNet paper's
+"progressive dilated unit" (PDU, §3.2), the stage that all three repeat (PReNet's and PRN's
+without dilation).
 
 One stage (paper §3.1, Fig. 2), weights shared by all stages:
 
@@ -30,7 +32,7 @@ ATTENTIONS = ("cra", "ca", "se", "none")
 
 @dataclasses.dataclass(frozen=True)
 class PDUConfig:
-  """Architecture of a progressive de-raining network (defaults: official SAPNet)."""
+  """Architecture of a PDU (progressive dilated unit) network (defaults: official SAPNet)."""
 
   attention: Attention = "cra"
   reduction: int = 16

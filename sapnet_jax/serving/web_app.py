@@ -45,6 +45,7 @@ from sapnet_jax.data import imageio
 from sapnet_jax.serving.access_rules import Access, AccessGuard
 from sapnet_jax.serving.batching import (Batcher, ClientGone, Closed, DeadlineExceeded, QueueFull,
                                      watched)
+from sapnet_jax.utils import flags
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 # The page loads only its own files and the images it makes (blob: URLs); nothing from a CDN.
@@ -74,10 +75,8 @@ class Limits:
 
   def __post_init__(self):
     # Names are the command's flags: these errors reach its user as they are.
-    if self.max_bytes < 1:
-      raise ValueError(f"--max-bytes must be >= 1, got {self.max_bytes}")
-    if self.max_pixels < 1:
-      raise ValueError(f"--max-pixels must be >= 1, got {self.max_pixels}")
+    flags.check_range("--max-bytes", self.max_bytes, 1)
+    flags.check_range("--max-pixels", self.max_pixels, 1)
     if self.max_pixels > Image.MAX_IMAGE_PIXELS:
       raise ValueError(f"--max-pixels must be <= {Image.MAX_IMAGE_PIXELS} (Pillow refuses "
                        f"bigger images as decompression bombs), got {self.max_pixels}")
@@ -86,16 +85,11 @@ class Limits:
                        f"tile={self.tile}, overlap={self.overlap}")
     if self.tile is not None and self.tile < 1:
       raise ValueError(f"--tile must be >= 1 (or 0 for never), got {self.tile}")
-    if self.max_batch < 1:
-      raise ValueError(f"--max-batch must be >= 1, got {self.max_batch}")
-    if not 0 <= self.batch_wait_ms <= 10_000:
-      raise ValueError(f"--batch-wait-ms must be in 0..10000, got {self.batch_wait_ms}")
-    if not 0 < self.body_timeout_s <= 3600:
-      raise ValueError(f"--body-timeout must be in (0, 3600], got {self.body_timeout_s}")
-    if self.max_queue < 1:
-      raise ValueError(f"--max-queue must be >= 1, got {self.max_queue}")
-    if not 0 < self.deadline_s <= 86_400:
-      raise ValueError(f"--deadline must be in (0, 86400], got {self.deadline_s}")
+    flags.check_range("--max-batch", self.max_batch, 1)
+    flags.check_range("--batch-wait-ms", self.batch_wait_ms, 0, 10_000)
+    flags.check_range("--body-timeout", self.body_timeout_s, 0, 3600, above=True)
+    flags.check_range("--max-queue", self.max_queue, 1)
+    flags.check_range("--deadline", self.deadline_s, 0, 86_400, above=True)
     try:
       object.__setattr__(self, "scale", infer.parse_scale(self.scale))
     except ValueError as e:

@@ -170,6 +170,12 @@ class Trainer:
 
   def __call__(self, state: TrainState, batch: dict, frozen: Any) -> tuple[TrainState, dict]:
     """The jitted step; `batch` holds global arrays sharded along "data"."""
+    return self.jitted(state, batch, frozen)(state, batch, frozen)
+
+  def jitted(self, state: TrainState, batch: dict, frozen: Any) -> Callable:
+    """The jitted step function, built once for arguments of this structure. Its
+    `.lower(state, batch, frozen).compile()` is the program __call__ runs, whose
+    `cost_analysis()` benchmarks/accelerator.py reads."""
     if self._jitted is None:
       def shard(tree, sharding):
         return jax.tree.map(lambda _: sharding, tree)
@@ -180,7 +186,7 @@ class Trainer:
           out_shardings=(shard(state, self.replicated), self.replicated),
           donate_argnums=0, compiler_options=xla_options.compiler_options(
               self.mesh.devices.flat[0].platform, "train"))
-    return self._jitted(state, batch, frozen)
+    return self._jitted
 
   def global_batch(self, local: dict) -> dict:
     """Assembles every process's slice of the batch into arrays sharded along "data"."""

@@ -1,5 +1,7 @@
-"""Small helpers any module of the package may use (command-line flags shared by the commands).
+"""Helpers any module may use: the one path layer (`fileio`: local paths and URIs, atomic
+writes), reading one config field (`config_field`) and the command-line flags the commands
+share (`flags`).
 
-Modules here import nothing else from the package, except `fileio`, so that every other module,
-the lowest layers included, can import them without a cycle.
+May import: nothing else from the package (the bottom layer, so that every module can import
+it without a cycle).
 """

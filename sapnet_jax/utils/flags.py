@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from typing import Any, Callable
 
 DTYPES = ("float32", "bfloat16")
 
@@ -43,6 +43,37 @@ def float_above(low: float, inclusive: bool = False) -> Callable[[str], float]:
     return value
   parse.__name__ = "number"
   return parse
+
+
+def command_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+  """The parser of `python -m MODULE`, its docstring as the description with its line breaks
+  kept (the usage examples in it are laid out by hand)."""
+  return argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_number(parser: Any, flag: str, type: Callable[[str], float], default: float,
+               metavar: str, help: str) -> None:
+  """A numeric flag of a parser or argument group, whose help ends with its default
+  (`(default: 8)`; `(default: 60)` for 60.0). Its range is checked where the value is used
+  (`check_range`), so that a library's callers get the same checks."""
+  shown = f"{default:g}" if isinstance(default, float) else f"{default}"
+  parser.add_argument(flag, type=type, default=default, metavar=metavar,
+                      help=f"{help} (default: {shown})")
+
+
+def check_range(flag: str, value: float, low: float, high: float | None = None, *,
+                above: bool = False) -> None:
+  """Raises ValueError `FLAG must be ..., got VALUE` unless low <= value <= high (low < value
+  with `above`; no upper bound when `high` is None): one wording for the limits a library
+  checks in its own objects, whose errors reach the command's user as they are."""
+  fits = (value > low if above else value >= low) and (high is None or value <= high)
+  if not fits:
+    if high is None:
+      bounds = f"{'>' if above else '>='} {low}"
+    else:
+      bounds = f"in ({low}, {high}]" if above else f"in {low}..{high}"
+    raise ValueError(f"{flag} must be {bounds}, got {value}")
 
 
 def fail(parser: argparse.ArgumentParser, message: str) -> None:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-import jax
 import numpy as np
-from flax import nnx
 
 from sapnet_jax.weights import download, model_files, torch_layout
 from sapnet_jax.models import vgg
@@ -214,28 +212,3 @@ def load_backbone(path: str, kind: str) -> dict[str, np.ndarray]:
     raise torch_layout.ConversionError(message if message.startswith(f"{path}: ") else f"{path}: {e}") from None
   except OSError as e:
     raise torch_layout.ConversionError(f"{path}: cannot read ({e})") from None
-
-
-def fill_module(module: nnx.Module, flat: Mapping[str, np.ndarray], source: str, *,
-                prefix: str = "", partial: bool = False) -> nnx.Module:
-  """Puts flat arrays into `module`'s variables (parameters and BatchNorm statistics).
-
-  Keys are `prefix + path`; with `partial`, variables without a key keep their values (e.g. the
-  randomly initialised FPN decoder beside a converted encoder). Names and shapes are checked.
-  """
-  state = nnx.state(module)
-  current = model_files.flatten(nnx.to_pure_dict(state))
-  got = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
-  unknown = sorted(set(got) - set(current)) + sorted(k for k in flat if not k.startswith(prefix))
-  missing = [] if partial else sorted(set(current) - set(got))
-  if unknown or missing:
-    raise torch_layout.ConversionError(f"{source}: weights do not fit the network (missing: {missing[:8]}, "
-                          f"unexpected: {unknown[:8]})")
-  for k, v in got.items():
-    if tuple(np.shape(v)) != tuple(current[k].shape):
-      raise torch_layout.ConversionError(f"{source}: {k} has shape {np.shape(v)}, the network needs "
-                            f"{tuple(current[k].shape)}")
-    current[k] = jax.numpy.asarray(v, current[k].dtype)
-  nnx.replace_by_pure_dict(state, model_files.unflatten(current))
-  nnx.update(module, state)
-  return module

@@ -204,23 +204,36 @@ def abstract_model(config: dict, **overrides) -> nnx.Module:
   return nnx.eval_shape(lambda: models.build(cfg, nnx.Rngs(0)))
 
 
-def fill_params(model: nnx.Module, params: dict, source: str) -> nnx.Module:
-  """Puts `params` into an (abstract) model after checking names and shapes."""
-  state = nnx.state(model, nnx.Param)
-  want = {k: v.shape for k, v in flatten(nnx.to_pure_dict(state)).items()}
-  got = flatten(params)
-  missing, unused = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+def fill_params(module: nnx.Module, params: Mapping[str, Any], source: str, *,
+                variables: Any = nnx.Param, prefix: str = "",
+                partial: bool = False) -> nnx.Module:
+  """Puts `params` (nested, or flat with `a/0/kernel` keys) into an (abstract) module's
+  `variables` (an nnx filter: its parameters by default, `...` for BatchNorm statistics too),
+  each cast to the module's dtype, after checking names, shapes and that every array holds
+  floating-point values; errors name `source`.
+
+  Keys are `prefix + path`. With `partial`, variables without a key keep their values (the
+  randomly initialised FPN decoder beside a converted encoder).
+  """
+  state = nnx.state(module, variables)
+  current = flatten(nnx.to_pure_dict(state))
+  flat = flatten(params)
+  got = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  unused = sorted(set(got) - set(current)) + sorted(k for k in flat if not k.startswith(prefix))
+  missing = [] if partial else sorted(set(current) - set(got))
   if missing or unused:
-    raise CheckpointError(f"{source}: parameters do not match the model config "
+    raise CheckpointError(f"{source}: parameters do not match the model "
                           f"(missing: {missing[:8]}, unexpected: {unused[:8]})")
-  for k, shape in want.items():
-    if tuple(np.shape(got[k])) != tuple(shape):
-      raise CheckpointError(f"{source}: {k} has shape {np.shape(got[k])}, the model needs {shape}")
-    if not jax.numpy.issubdtype(got[k].dtype, jax.numpy.floating):
-      raise CheckpointError(f"{source}: {k} holds {got[k].dtype}, not floating-point weights")
-  nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, unflatten(got)))
-  nnx.update(model, state)
-  return model
+  for k, value in got.items():
+    shape = tuple(current[k].shape)
+    if tuple(np.shape(value)) != shape:
+      raise CheckpointError(f"{source}: {k} has shape {np.shape(value)}, the model needs {shape}")
+    if not jax.numpy.issubdtype(value.dtype, jax.numpy.floating):
+      raise CheckpointError(f"{source}: {k} holds {value.dtype}, not floating-point weights")
+    current[k] = jax.numpy.asarray(value, current[k].dtype)
+  nnx.replace_by_pure_dict(state, unflatten(current))
+  nnx.update(module, state)
+  return module
 
 
 def unflatten(flat: dict[str, Any]) -> dict:

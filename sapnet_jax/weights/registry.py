@@ -81,11 +81,14 @@ WEIGHTS_HELP = (f"registered name ({', '.join(REGISTRY)}; python -m sapnet_jax.p
 
 
 def display_name(name_or_path: str) -> str:
-  """A registered name, or the weights file's own name: what outputs and clients are shown
-  (never the folders it lies in)."""
+  """A registered name, or the weights file's (or folder's) own name: what outputs, clients,
+  comparison labels and report folders are shown (never the folders it lies in)."""
   if name_or_path in REGISTRY:
     return name_or_path
-  return fileio.basename(name_or_path.rstrip("/")) or name_or_path
+  # normpath would turn gs://b/x into gs:/b/x; a URI only loses its trailing slashes.
+  name = (fileio.basename(name_or_path) if fileio.is_remote(name_or_path)
+          else os.path.basename(os.path.normpath(name_or_path)))
+  return name or name_or_path
 
 
 def load(name_or_path: str = DEFAULT, **overrides) -> nnx.Module:
