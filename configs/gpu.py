@@ -12,7 +12,7 @@ they should follow its table when a device is lent.
   activations in bfloat16 ~5 GB, well inside 80 GB, so no remat (remat: ~1 more forward).
 - model.dtype bfloat16 (parameters stay float32): the tensor cores' bfloat16 peak is twice
   TF32's. Measured safe on CPU: the demo in bfloat16 ends within 0.3 dB of float32
-  (benchmarks/bf16_demo.py), and the non-finite guard holds (tests/test_train_step.py).
+  (benchmarks/bf16_demo.py), and the non-finite guard holds (tests/training/test_train_step.py).
 - scan off: the Python loop is what was measured on the H100; scan saves compile time only.
 
 Schedule rule (here and configs/tpu_pod.py): epochs and epoch milestones stay the paper's

@@ -62,7 +62,7 @@ def test_reused_memory_is_not_faulted_in_again():
 @pytest.mark.parametrize("platforms,applies", [("cpu", True), ("cuda", False), ("tpu,cpu", False),
                                                ("", None)])
 def test_applied_only_where_jax_computes_on_the_cpu_alone(platforms, applies):
-  code = ("import json, jax; from sapnet_jax import cpu_memory; "
+  code = ("import json, jax; from sapnet_jax.runtime import cpu_memory; "
           "ok, why = cpu_memory.reuse_step_memory(); "
           "print(json.dumps([ok, why, jax.config.read('jax_cpu_enable_async_dispatch')]))")
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
