@@ -134,11 +134,8 @@ def _config(point: dict, quick: bool):
       config.loss.update(seg_weight=0.0, lpips_size=None)
     if quick:  # a device machine has no ../shared: --quick runs its random-nets path in CI
       return config
-    w = os.path.join(ROOT, "..", "shared", "weights")
-    files = {"vgg_weights": os.path.join(w, "vgg16_imagenet", "vgg16_features_hwio.npz"),
-             "alexnet_weights": os.path.join(w, "alexnet_imagenet", "alexnet_features_hwio.npz"),
-             "lpips_weights": os.path.join(w, "lpips", "alex_v0.1.pth")}
-    config.loss.update({k: v for k, v in files.items() if os.path.exists(v)})
+    config.loss.update({k: v for k, v in bench_train.frozen_weight_files().items()
+                        if os.path.exists(v)})
   return config
 
 
@@ -164,11 +161,7 @@ def _compiled_step(point: dict, quick: bool, platform: str):
 
 
 def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
+  times = [bench_train._timed(fn) for _ in range(repeats)]
   return float(np.median(times)), times
 
 

@@ -41,6 +41,14 @@ def _batch(n: int, patch: int) -> dict:
   return {"clean": clean, "rainy": np.clip(clean + 0.2 * rng.random(clean.shape, np.float32), 0, 1)}
 
 
+def frozen_weight_files() -> dict[str, str]:
+  """config.loss fields of the frozen nets' files in ../shared/weights (the project's layout)."""
+  w = os.path.join(SHARED, "weights")
+  return {"vgg_weights": os.path.join(w, "vgg16_imagenet", "vgg16_features_hwio.npz"),
+          "alexnet_weights": os.path.join(w, "alexnet_imagenet", "alexnet_features_hwio.npz"),
+          "lpips_weights": os.path.join(w, "lpips", "alex_v0.1.pth")}
+
+
 def _jax_step(loss: str, form: str, impl: str, n: int, patch: int, dtype: str = "float32"):
   sys.path.insert(0, ROOT)
   from flax import nnx
@@ -54,10 +62,7 @@ def _jax_step(loss: str, form: str, impl: str, n: int, patch: int, dtype: str = 
   if loss == "ssim":
     config.loss.update(contrast="none", lpips_weight=0.0, seg_weight=0.0)
   else:
-    w = os.path.join(SHARED, "weights")
-    config.loss.update(vgg_weights=os.path.join(w, "vgg16_imagenet", "vgg16_features_hwio.npz"),
-                       alexnet_weights=os.path.join(w, "alexnet_imagenet", "alexnet_features_hwio.npz"),
-                       lpips_weights=os.path.join(w, "lpips", "alex_v0.1.pth"), seg_start_epoch=0)
+    config.loss.update(frozen_weight_files(), seg_start_epoch=0)
   loss_fn, frozen = objectives.build(config)
   graphdef, params = nnx.split(model)
   trainer = train_step.Trainer(graphdef, config.optim, loss_fn, steps_per_epoch=1000)
@@ -201,8 +206,8 @@ def main() -> None:
     print(v, json.dumps(out["variants"][v]), file=sys.stderr, flush=True)  # progress
   if a.torch:
     out[f"torch_vs_jax_loop_{a.torch_impl}"] = run_torch_pair(a.torch_impl, a.batch, a.patch,
-                                                               a.repeats, a.rounds,
-                                                               not a.no_reuse_memory)
+                                                              a.repeats, a.rounds,
+                                                              not a.no_reuse_memory)
   print(json.dumps(out))
 
 

@@ -9,14 +9,15 @@ prints a markdown table.
     python benchmarks/scale_bench.py --rescore A.json [B.json ...]   # auto's current rule
     python benchmarks/scale_bench.py --fit benchmarks/results/scale_calibration.json
 
-Rain: `rain_renderer.RAIN100H` magnified by the streak scale s (`rain_renderer.magnified`: lengths, widths and
-defocus x s, drops per pixel / s^2), seed 1000 + 10 * image + scale index. Photos: clean_pool
-files (../shared) with both sides >= 384, every 12th from the 3rd (the 8 used to calibrate
-`auto`, every 19th from the 1st, are left out), centre-cropped to 384 x 384, and the same
-crops enlarged x2 (Lanczos) for the 768 size. Scores: RGB PSNR/SSIM of the 8-bit result
-(full_reference.score_pair), oracle = the best fixed scale per image. Seconds per megapixel of the
-input, on this machine's CPU (named in the JSON), the first call of each shape (its compile)
-left out. `--large` runs `python -m sapnet_jax.derain --scale auto` on a 4000 x 3000 photo
+Rain: `rain_renderer.RAIN100H` magnified by the streak scale s (`rain_renderer.magnified`:
+lengths, widths and defocus x s, drops per pixel / s^2), seed 1000 + 10 * image + scale index.
+Photos: clean_pool files (../shared) with both sides >= 384, every 12th from the 3rd and from
+the 9th (the calibration photos of `auto`, `CALIBRATION`, left out), centre-cropped to 384 x
+384, and the same crops enlarged x2 (Lanczos) for the 768 size. Scores: RGB PSNR/SSIM of the
+8-bit result (full_reference.score_pair), oracle = the best fixed scale per image. Seconds per
+megapixel of the input, on this machine's CPU (named in the JSON), the first call of each shape
+(its compile) left out.
+`--large` runs `python -m sapnet_jax.derain --scale auto` on a 4000 x 3000 photo
 (a clean photo enlarged, rain at --large-scale) in a subprocess and reports its wall time and
 peak RSS. `--real-grid` draws every real rainy photo in ../shared (rainy | native | auto, with
 the scale auto chose) into one image.
@@ -122,7 +123,7 @@ def run_grid(args) -> dict:
       mp = clean.shape[0] * clean.shape[1] / 1e6
       for k, s in enumerate(STREAK_SCALES):
         rainy, _ = rain_renderer.add_rain(clean, seed=1000 + 10 * i + k,
-                                  style=rain_renderer.magnified(rain_renderer.RAIN100H, s))
+                                          style=rain_renderer.magnified(rain_renderer.RAIN100H, s))
         row = {"photo": name, "size": size, "streak_scale": s, "rainy": score(rainy, clean),
                "fixed": {}}
         for f in fixed:
@@ -242,8 +243,8 @@ def run_large(args) -> dict:
   clean = load_crop(name, 384, 384)
   big = np.asarray(Image.fromarray((clean * 255).round().astype(np.uint8)).resize(
       (4000, 3000), Image.LANCZOS), np.float32) / 255.0
-  rainy, _ = rain_renderer.add_rain(big, seed=7, style=rain_renderer.magnified(rain_renderer.RAIN100H,
-                                                               args.large_scale))
+  style = rain_renderer.magnified(rain_renderer.RAIN100H, args.large_scale)
+  rainy, _ = rain_renderer.add_rain(big, seed=7, style=style)
   result = {"photo": name, "size": "4000x3000", "streak_scale": args.large_scale}
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "rainy.png")
@@ -348,7 +349,7 @@ def run_variants(args) -> dict:
     for s in (2.0, 3.0):
       k = STREAK_SCALES.index(s)
       rainy, _ = rain_renderer.add_rain(clean, seed=1000 + 10 * i + k,
-                                style=rain_renderer.magnified(rain_renderer.RAIN100H, s))
+                                        style=rain_renderer.magnified(rain_renderer.RAIN100H, s))
       shape = infer.scaled_shape(*clean.shape[:2], s)
       full = clean.shape[:2]
       for down_name, down in (("bicubic", bic), ("box", box)):

@@ -6,7 +6,7 @@ over clean photos that are not Rain100H's, scored on Rain100H.
 which runs `python -m sapnet_jax.main --config=configs/synthetic_rain100h.py:gpu --workdir=W`
 (`:smoke` for the CPU test) and then `python -m sapnet_jax.evaluate` on Rain100H's pairs.
 
-Training data: `synthetic_rain/pool_rain100h`, rain drawn like Rain100H's (`synth.RAIN100H`)
+Training data: `synthetic_rain/pool_rain100h`, rain drawn like Rain100H's (`rain_renderer.RAIN100H`)
 over the photos shipped in the package and the 150 clean photos of ../shared/data/clean_pool
 (non-BSD: no Rain100H pixel enters training; built from there on first use). Validation and
 the best checkpoint use that dataset's held-out scenes, never Rain100H, which is scored once at

@@ -3,10 +3,10 @@
     python -m sapnet_jax.compare --model semi=W1/checkpoints --model supervised=W2/checkpoints \
         --model sapnet=sapnet-rain100h --rainy ../shared/data/real_rainy --out OUT [--clean DIR]
 
-Each model is scored by sapnet_jax.evaluation.scoring (NIQE/BRISQUE without --clean, the full-reference
-conventions with it) into OUT/<label>/metrics.{json,csv} with its de-rained images in
-OUT/<label>/outputs/. OUT/comparison.json and OUT/comparison.md hold every model's means;
-OUT/grid.png has one row per shown image: rainy | each model | clean (if given), labelled.
+Each model is scored by sapnet_jax.evaluation.scoring (NIQE/BRISQUE without --clean, the
+full-reference conventions with it) into OUT/<label>/metrics.{json,csv} with its de-rained
+images in OUT/<label>/outputs/. OUT/comparison.json and OUT/comparison.md hold every model's
+means; OUT/grid.png has one row per shown image: rainy | each model | clean (if given), labelled.
 The folders, OUT and the weights may be URIs (gs://bucket/...). Flags are checked before any
 work (a bad one is one line and exit status 2), and so is that OUT is no input folder.
 """
@@ -50,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     models = [comparison.parse_model(m) for m in args.model]
     check_out(parser, args.out, [label for label, _ in models], [args.rainy, args.clean])
-    means = comparison.compare(models, args.rainy, args.clean, args.out,
-                    [n for n in args.images.split(",") if n], args.count, args.tile or None,
-                    args.overlap)
+    images = [n for n in args.images.split(",") if n]
+    means = comparison.compare(models, args.rainy, args.clean, args.out, images, args.count,
+                               args.tile or None, args.overlap)
   except (ValueError, OSError) as e:  # PairError, unknown weights, unreadable images
     print(f"error: {fileio.printable(str(e))}", file=sys.stderr)
     return 1

@@ -23,9 +23,9 @@ import sys
 import numpy as np
 
 from sapnet_jax import models
-from sapnet_jax.weights import backbones, model_files, torch_layout
 from sapnet_jax.models import pdu
 from sapnet_jax.utils import flags
+from sapnet_jax.weights import backbones, model_files, torch_layout
 from sapnet_jax.weights.pth import PthError
 
 
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   model_files.save_model(model, args.out)
-  print(f"wrote {args.out} ({torch_layout.describe(model.cfg)}, {models.count_params(model):,} parameters)")
+  print(f"wrote {args.out} ({torch_layout.describe(model.cfg)}, "
+        f"{models.count_params(model):,} parameters)")
   return 0
 
 

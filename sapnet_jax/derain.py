@@ -30,10 +30,9 @@ from typing import Mapping, Sequence
 from tqdm import tqdm
 
 from sapnet_jax import infer, pretrained
-from sapnet_jax.runtime import compile_cache
-from sapnet_jax.utils import fileio
 from sapnet_jax.data import imageio
-from sapnet_jax.utils import flags
+from sapnet_jax.runtime import compile_cache
+from sapnet_jax.utils import fileio, flags
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg"}
 

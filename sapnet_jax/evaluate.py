@@ -4,11 +4,11 @@
         [--csv OUT] [--grid OUT.png] [--save-outputs DIR] [--skip-bad] ...
     python -m sapnet_jax.evaluate --weights NAME|PATH --dataset NAME:SPLIT [--data_dir DIR] ...
 
-A thin command over sapnet_jax.evaluation.scoring. Images come from two folders paired by file name, or
-from a built dataset (sapnet_jax.data.prepare), paired by its builder. With ground truth every
-image gets the six full-reference numbers of sapnet_jax.metrics.full_reference (each key names its
-convention); without it, NIQE and BRISQUE of the input and of the output. Outputs are
-quantized as saved images are (default: rounded to 8 bits, as `derain` writes them;
+A thin command over sapnet_jax.evaluation.scoring. Images come from two folders paired by file
+name, or from a built dataset (sapnet_jax.data.prepare), paired by its builder. With ground
+truth every image gets the six full-reference numbers of sapnet_jax.metrics.full_reference (each
+key names its convention); without it, NIQE and BRISQUE of the input and of the output. Outputs
+are quantized as saved images are (default: rounded to 8 bits, as `derain` writes them;
 `--quantize floor` reproduces the official test.py, which truncates). Reports are rewritten
 atomically after every image, so an interrupted run keeps every row scored so far. Folders and
 outputs may be local paths or URIs (gs://bucket/...). Flags are checked before any work (a bad
@@ -22,10 +22,9 @@ import sys
 from typing import Sequence
 
 from sapnet_jax import infer, pretrained
-from sapnet_jax.evaluation import scoring
-from sapnet_jax.utils import fileio
 from sapnet_jax.data import imageio
-from sapnet_jax.utils import flags
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.utils import fileio, flags
 
 
 def check_outputs(parser: argparse.ArgumentParser, reports: dict[str, str | None],
@@ -97,9 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   grid = scoring.GridCollector(args.grid_count, names) if args.grid else None
   try:
     summary = scoring.score_samples(derainer, loaders, reports, tile=args.tile or None,
-                                       overlap=args.overlap, quantize_mode=args.quantize,
-                                       border=args.crop_border, skip_bad=args.skip_bad,
-                                       outputs_dir=args.save_outputs, grid=grid)
+                                    overlap=args.overlap, quantize_mode=args.quantize,
+                                    border=args.crop_border, skip_bad=args.skip_bad,
+                                    outputs_dir=args.save_outputs, grid=grid)
   except scoring.PairError as e:
     print(f"error: {fileio.printable(str(e))} ({len(reports.rows)} images scored before it "
           "are in the reports)", file=sys.stderr)

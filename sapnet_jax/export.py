@@ -38,10 +38,8 @@ import numpy as np
 from flax import nnx
 
 from sapnet_jax import infer, models, pretrained
-from sapnet_jax.weights import torch_layout
-from sapnet_jax.utils import fileio
-from sapnet_jax.weights import download, model_files, pth
-from sapnet_jax.utils import flags
+from sapnet_jax.utils import fileio, flags
+from sapnet_jax.weights import download, model_files, pth, torch_layout
 
 FORMATS = ("stablehlo", "onnx")
 FILES = {"stablehlo": "model.stablehlo", "onnx": "model.onnx"}

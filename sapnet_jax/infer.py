@@ -36,8 +36,8 @@ from flax import nnx
 from PIL import Image
 
 from sapnet_jax import models
-from sapnet_jax.runtime import xla_options
 from sapnet_jax.models import ops
+from sapnet_jax.runtime import xla_options
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64

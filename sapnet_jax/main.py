@@ -31,7 +31,8 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-host GPU).
 flags.DEFINE_bool("reuse_cpu_memory", True, "On CPU-only runs (JAX_PLATFORMS=cpu, or no GPU/TPU "
                   "plugin installed), keep XLA:CPU's per-step memory mapped between steps "
                   "instead of page-faulting it in every step (Linux with glibc; "
-                  "sapnet_jax/runtime/cpu_memory.py says what it costs). Elsewhere it does nothing.")
+                  "sapnet_jax/runtime/cpu_memory.py says what it costs). Elsewhere it does "
+                  "nothing.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:variant]).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])

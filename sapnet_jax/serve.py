@@ -27,8 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from sapnet_jax import infer, pretrained
 from sapnet_jax.runtime import compile_cache
 from sapnet_jax.serving import access_rules, web_app
-from sapnet_jax.utils import fileio
-from sapnet_jax.utils import flags
+from sapnet_jax.utils import fileio, flags
 
 DEFAULTS = web_app.Limits()
 DRAIN_S = 10.0  # on SIGTERM: how long requests in progress may finish before they are cancelled

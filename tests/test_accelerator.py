@@ -109,9 +109,9 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
   # for counting, which is the float32 loop point's count at the same batch and patch.
   scan = points[("ssim", "bfloat16", "scan", True)]
   assert scan["xla_flops"] > 0 and scan["model_flops"] != scan["xla_flops"]
-  if (scan["batch"], scan["patch"]) == (loop["batch"], loop["patch"]):
-    # (bfloat16 adds its converts to the count: 4% at the quick size)
-    assert scan["model_flops"] == pytest.approx(loop["model_flops"], rel=0.1)
+  # (bfloat16 adds its converts to the count: 4% at the quick size)
+  assert (scan["batch"], scan["patch"]) == (loop["batch"], loop["patch"])
+  assert scan["model_flops"] == pytest.approx(loop["model_flops"], rel=0.1)
   # The paper's loss adds VGG, AlexNet and a ResNet to the step.
   assert points[("full", "float32", "loop", False)]["model_flops"] > 2 * loop["model_flops"]
   assert points[("full", "float32", "loop", False)]["notes"]  # random frozen nets, said

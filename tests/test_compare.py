@@ -8,10 +8,10 @@ from flax import nnx
 from PIL import Image
 
 from sapnet_jax import compare, infer
-from sapnet_jax.metrics import no_reference
-from sapnet_jax.weights import model_files
 from sapnet_jax.data.imageio import read_image
+from sapnet_jax.metrics import no_reference
 from sapnet_jax.models import msnet, pdu
+from sapnet_jax.weights import model_files
 
 RNG = np.random.default_rng(5)
 

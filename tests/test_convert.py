@@ -12,10 +12,8 @@ import pytest
 
 from support.paths import FIXTURES, shared_path
 from sapnet_jax import convert, pretrained
-from sapnet_jax.weights import torch_layout
-from sapnet_jax.weights import backbones
-from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
+from sapnet_jax.weights import backbones, model_files, torch_layout
 from sapnet_jax.weights.pth import load_state_dict
 
 OFFICIAL = {"sapnet": "weights/sapnet_official/net_latest.pth",

@@ -14,10 +14,10 @@ from support import hostile
 from support.paths import REPO, shared_path
 from support.imagefiles import odd_images
 from sapnet_jax import derain
-from sapnet_jax.runtime import compile_cache
-from sapnet_jax.weights import model_files
 from sapnet_jax.data.imageio import read_image
 from sapnet_jax.models import pdu
+from sapnet_jax.runtime import compile_cache
+from sapnet_jax.weights import model_files
 
 RNG = np.random.default_rng(1)
 
@@ -271,7 +271,7 @@ def test_never_writes_over_its_inputs(tmp_path, tiny_weights, capsys):
 
 
 def test_metadata_jpeg_cannot_hold_is_dropped_and_the_batch_goes_on(tmp_path, tiny_weights,
-                                                                     capsys):
+                                                                    capsys):
   (tmp_path / "in").mkdir()
   (tmp_path / "in" / "big_exif.png").write_bytes(hostile.png_with_big_exif())
   Image.fromarray(RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(tmp_path / "in" / "z.png")

@@ -30,9 +30,9 @@ from flax import nnx
 
 from support.paths import REPO
 from sapnet_jax import export, infer, models, pretrained
+from sapnet_jax.models import msnet, pdu
 from sapnet_jax.utils import fileio
 from sapnet_jax.weights import model_files
-from sapnet_jax.models import msnet, pdu
 
 EXAMPLE = REPO / "examples" / "run_stablehlo.py"
 ODD_SIZES = ((37, 53), (1, 1), (17, 64))

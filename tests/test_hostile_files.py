@@ -12,9 +12,9 @@ from flax import nnx
 
 from support import hostile
 from support.paths import REPO
-from sapnet_jax.weights import model_files
 from sapnet_jax.data import imageio
 from sapnet_jax.models import pdu
+from sapnet_jax.weights import model_files
 
 BUDGET = 4_000_000  # pixels: the corpus's "big" files decode to 23 million
 # The error each kind raises: a server answers by it (413, 415, 400).
@@ -42,7 +42,7 @@ def test_derain_command_on_the_corpus(tmp_path):
   (folder / "good.png").write_bytes(hostile.png())
   weights = tmp_path / "tiny.npz"
   model_files.save_model(pdu.PDUNet(pdu.PDUConfig(channels=4, reduction=2, stages=2,
-                                                 num_blocks=2), rngs=nnx.Rngs(0)), weights)
+                                                  num_blocks=2), rngs=nnx.Rngs(0)), weights)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "SAPNET_JAX_CPU_CONVS": "default"}
   proc = subprocess.run(
       [sys.executable, "-m", "sapnet_jax.derain", str(folder), "--out", str(tmp_path / "out"),

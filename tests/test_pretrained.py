@@ -12,9 +12,7 @@ import pytest
 
 from support.paths import shared_path
 from sapnet_jax import pretrained
-from sapnet_jax.weights import registry
-from sapnet_jax.weights import torch_layout
-from sapnet_jax.weights import download, model_files
+from sapnet_jax.weights import download, model_files, registry, torch_layout
 
 
 def test_shipped_weights_equal_the_official_checkpoint():

@@ -15,14 +15,11 @@ from PIL import Image
 
 from support.paths import FIXTURES, REPO, shared_path
 from sapnet_jax import compare, convert, derain, evaluate, infer, pretrained
-from sapnet_jax.evaluation import comparison
-from sapnet_jax.weights import torch_layout
-from sapnet_jax.weights import backbones
-from sapnet_jax.evaluation import scoring
-from sapnet_jax.utils import fileio
-from sapnet_jax.weights import model_files, registry
 from sapnet_jax.data import imageio, pairs
+from sapnet_jax.evaluation import comparison, scoring
 from sapnet_jax.models import pdu
+from sapnet_jax.utils import fileio
+from sapnet_jax.weights import backbones, model_files, registry, torch_layout
 from sapnet_jax.weights.pth import PthError, load_safetensors, load_state_dict
 
 pytestmark = pytest.mark.usefixtures("own_compile_cache")  # derain.main turns the cache on
@@ -132,7 +129,7 @@ def test_derain_bucket_to_bucket_equals_the_local_run(tmp_path, gcs_bucket, tiny
   flags = ["--weights", tiny_weights, "--tile", "0"]
   assert derain.main([str(local_in), "--out", str(tmp_path / "out"), *flags]) == 0
   assert derain.main([remote_in, "--out", remote_out, "--weights", remote_weights,
-                      "--tile", "0"]) == 0, capsys.readouterr().err
+                     "--tile", "0"]) == 0, capsys.readouterr().err
   assert f"de-rained 3 of 3 images into {remote_out}" in capsys.readouterr().err
   _same_files(remote_out, tmp_path / "out")
   # A single remote file into a local folder, and a trailing slash on a remote folder.

@@ -21,8 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sapnet_jax.data import imageio, prepare
-from sapnet_jax.data import rain_renderer, synthetic_builder
+from sapnet_jax.data import imageio, prepare, rain_renderer, synthetic_builder
 from sapnet_jax.utils.fileio import atomic_write
 
 
@@ -83,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--cell", type=int, default=176, help="pixels per image in the grid")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--style", default="demo", choices=["demo", *rain_renderer.STYLES],
-                      help="rain style: demo (what the demo dataset draws) or one of rain_renderer.STYLES")
+                      help="rain style: demo (what the demo dataset draws) or one of "
+                      "rain_renderer.STYLES")
   args = parser.parse_args(argv)
   sources = synthetic_builder.clean_sources(args.clean_dir)
   # Spread over the sources; with fewer sources than pairs, later pairs are new rain draws.
@@ -94,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean = imageio.read_image(path)
     style = (synthetic_builder.DRAW_STYLES[k % len(synthetic_builder.DRAW_STYLES)]
              if args.style == "demo" else rain_renderer.STYLES[args.style])
-    rainy, _ = rain_renderer.add_rain(clean, synthetic_builder.pair_seed(args.seed, name, k // len(picks)),
-                              style)
+    seed = synthetic_builder.pair_seed(args.seed, name, k // len(picks))
+    rainy, _ = rain_renderer.add_rain(clean, seed, style)
     pairs.append((rainy, clean))
   # A 256-colour palette keeps the README image small; the pairs themselves are lossless.
   picture = Image.fromarray(grid(pairs, cell=args.cell)).quantize(256, dither=Image.Dither.NONE)

@@ -29,8 +29,8 @@ import os
 import re
 from typing import Iterable, Sequence
 
-from sapnet_jax.utils import fileio
 from sapnet_jax.data.imageio import image_names, is_image_name, natural_key
+from sapnet_jax.utils import fileio
 
 _MAX_LISTED = 12
 _MARKERS = re.compile(r"^(no)?rain(y)?[-_]|[-_](no)?rain(y)?$|^(clean|gt)[-_]|[-_](clean|gt)$")

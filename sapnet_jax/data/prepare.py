@@ -29,10 +29,9 @@ from typing import Sequence
 
 import tensorflow_datasets as tfds
 
-from sapnet_jax.utils import fileio
-from sapnet_jax.data import builders, imageio
-from sapnet_jax.data import synthetic_builder
+from sapnet_jax.data import builders, imageio, synthetic_builder
 from sapnet_jax.data.pairs import LayoutError
+from sapnet_jax.utils import fileio
 
 _DEMO_CONFIGS = {f"synthetic_rain/{c.name}": c
                  for c in synthetic_builder.SyntheticRain.BUILDER_CONFIGS}

@@ -35,8 +35,7 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sapnet_jax.data import builders, imageio
-from sapnet_jax.data import rain_renderer
+from sapnet_jax.data import builders, imageio, rain_renderer
 from sapnet_jax.data.pairs import LayoutError
 
 IMAGES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_images")

@@ -12,12 +12,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sapnet_jax import infer
-from sapnet_jax.metrics import conventions
-from sapnet_jax.weights import registry
-from sapnet_jax.evaluation import scoring
-from sapnet_jax.utils import fileio
 from sapnet_jax.data import imageio
+from sapnet_jax.evaluation import scoring
+from sapnet_jax.metrics import conventions
+from sapnet_jax.utils import fileio
 from sapnet_jax.utils.fileio import atomic_write
+from sapnet_jax.weights import registry
 
 
 def parse_model(spec: str) -> tuple[str, str]:
@@ -35,7 +35,8 @@ def markdown_table(means: dict[str, dict[str, float]]) -> str:
   head = ["model", *(f"{k} {conventions.arrow(k)}" for k in keys)]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for label, m in means.items():
-    lines.append("| " + " | ".join([label, *(f"{m[k]:.4f}" if k in m else "" for k in keys)]) + " |")
+    cells = [label, *(f"{m[k]:.4f}" if k in m else "" for k in keys)]
+    lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -76,15 +77,15 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
                                  {"model": label, "weights": weights, "rainy": rainy_dir,
                                   "clean": clean_dir, "quantize": "round", "crop_border": 0})
     summary = scoring.score_samples(derainer, loaders, reports, tile=tile, overlap=overlap,
-                                       outputs_dir=fileio.join(out, label, "outputs"),
-                                       grid=grid, progress=progress)
+                                    outputs_dir=fileio.join(out, label, "outputs"),
+                                    grid=grid, progress=progress)
     means[label], thumbs[label] = summary["means"], grid.thumbnails()
     print(f"[{label}] {weights}\n{scoring.format_table(summary)}")
   with atomic_write(fileio.join(out, "comparison.json")) as f:
     f.write(json.dumps({"rainy": rainy_dir, "clean": clean_dir,
-                        "models": dict(models), "means": means,
-                        "conventions": {k: conventions.CONVENTIONS[k]
-                                        for k in next(iter(means.values()))}},
+                       "models": dict(models), "means": means,
+                       "conventions": {k: conventions.CONVENTIONS[k]
+                                       for k in next(iter(means.values()))}},
                        indent=1).encode())
   with atomic_write(fileio.join(out, "comparison.md")) as f:
     f.write(markdown_table(means).encode())

@@ -2,12 +2,12 @@
 library behind `python -m sapnet_jax.evaluate`, `sapnet_jax.compare`, `main --mode=eval` and
 training's validation.
 
-With a clean image every image gets the six full-reference numbers of sapnet_jax.metrics.full_reference (each
-key names its convention); without one, NIQE and BRISQUE of the input and of the output.
-Outputs are quantized as saved images are (default: rounded to 8 bits, as `derain` writes them;
-"floor" reproduces the official test.py, which truncates). Reports are rewritten atomically
-after every image, so an interrupted run keeps every row scored so far. Folders and outputs may
-be local paths or URIs (gs://bucket/...).
+With a clean image every image gets the six full-reference numbers of
+sapnet_jax.metrics.full_reference (each key names its convention); without one, NIQE and BRISQUE
+of the input and of the output. Outputs are quantized as saved images are (default: rounded to 8
+bits, as `derain` writes them; "floor" reproduces the official test.py, which truncates).
+Reports are rewritten atomically after every image, so an interrupted run keeps every row scored
+so far. Folders and outputs may be local paths or URIs (gs://bucket/...).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from sapnet_jax import infer, models
+from sapnet_jax.data import imageio, pairs
 from sapnet_jax.metrics import conventions, full_reference
 from sapnet_jax.utils import fileio
-from sapnet_jax.weights import model_files, registry
-from sapnet_jax.data import imageio, pairs
 from sapnet_jax.utils.fileio import atomic_write
+from sapnet_jax.weights import model_files, registry
 
 QUANTIZE = ("round", "floor", "none")
 NOREF_KEYS = ("niqe", "brisque", "niqe_input", "brisque_input")
@@ -63,7 +63,8 @@ def quantize(image: np.ndarray, mode: str) -> np.ndarray:
   return clamped
 
 
-def folder_samples(rainy_dir: str, clean_dir: str | None) -> tuple[list[Callable[[], Sample]], list[str]]:
+def folder_samples(rainy_dir: str, clean_dir: str | None
+                   ) -> tuple[list[Callable[[], Sample]], list[str]]:
   """Lazy loaders of the samples of two folders, and the problems found while pairing them."""
   if clean_dir is None:
     return [(lambda p=p: Sample(fileio.basename(p), imageio.read_image(p), None))
@@ -98,7 +99,8 @@ class Reports:
 
   def summary(self, complete: bool) -> dict:
     return {**self.meta, "complete": complete, "count": len(self.rows),
-            "skipped": self.skipped, "conventions": {k: conventions.CONVENTIONS[k] for k in self.keys()},
+            "skipped": self.skipped,
+            "conventions": {k: conventions.CONVENTIONS[k] for k in self.keys()},
             "means": self.means(), "images": self.rows}
 
   def write(self, complete: bool) -> None:
@@ -144,7 +146,8 @@ class GridCollector:
 
   def write(self, path: str) -> None:
     """Rows (worst first): rainy | de-rained | clean, 4-pixel white gutters."""
-    rows = [np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in ts], axis=1)
+    rows = [np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255)
+                            for t in ts], axis=1)
             for _, _, _, ts in sorted(self._heap, reverse=True)]
     if not rows:
       return
@@ -163,8 +166,8 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
                   score_input: bool = True) -> dict:
   """De-rains and scores every sample; returns the summary (also written by `reports`).
 
-  `extra(out, clean)` adds metrics (keys of conventions.CONVENTIONS) to each pair's row; `score_input`
-  False leaves out the rainy input's NIQE/BRISQUE (the same for every model scored).
+  `extra(out, clean)` adds metrics (keys of conventions.CONVENTIONS) to each pair's row;
+  `score_input` False leaves out the rainy input's NIQE/BRISQUE (the same for every model scored).
 
   A bad sample raises PairError naming its files, after the rows so far are written; with
   `skip_bad` it is listed in the report's "skipped" and the run goes on.
@@ -216,8 +219,8 @@ def score_samples(derainer: infer.Derainer, loaders: Iterable[Callable[[], Sampl
 
 def score_noref(out: np.ndarray, rainy: np.ndarray | None, border: int = 0
                 ) -> dict[str, float]:
-  """NIQE and BRISQUE (sapnet_jax.metrics.no_reference) of the output and of the rainy input (unless
-  None), less `border` pixels on each side (for NIQE the same as BasicSR's crop_border)."""
+  """NIQE and BRISQUE (sapnet_jax.metrics.no_reference) of the output and of the rainy input
+  (unless None), less `border` pixels on each side (for NIQE the same as BasicSR's crop_border)."""
   from sapnet_jax.metrics import no_reference  # deferred: only real photos need it (and SciPy)
   crop = (slice(border, -border),) * 2 if border else (slice(None),) * 2
   row = {"niqe": no_reference.niqe(out[crop]), "brisque": no_reference.brisque(out[crop])}

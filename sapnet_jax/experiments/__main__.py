@@ -23,8 +23,8 @@ import time
 from typing import Sequence
 
 from sapnet_jax.evaluation import scoring
-from sapnet_jax.utils import fileio, flags
 from sapnet_jax.experiments import plan, report, runner, score_runs, tables
+from sapnet_jax.utils import fileio, flags
 
 SHARED = os.path.join("..", "shared")
 # The frozen nets' weight files, by the config.loss field each fills (for the configs that

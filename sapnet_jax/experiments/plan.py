@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from sapnet_jax.training import loop
 from sapnet_jax.data import prepare
 from sapnet_jax.experiments import runner, tables
+from sapnet_jax.training import loop
 
 
 def scoring_sets(rain100h: str | None, real: str | None) -> dict:

@@ -56,7 +56,7 @@ def score(derainer: Callable, sets: dict[str, Any], out_dir: str, meta: dict,
     reports = scoring.Reports(path, None, {**meta, **set_meta, "limit": limit,
                                               "quantize": "round"})
     results[name] = scoring.score_samples(derainer, loaders, reports, extra=extra,
-                                             score_input=score_input, progress=False)
+                                          score_input=score_input, progress=False)
   return results
 
 

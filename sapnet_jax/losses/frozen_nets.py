@@ -1,10 +1,10 @@
 """The frozen networks the training losses run: VGG-16, AlexNet and the LPIPS heads, and the
 ResNet-FPN of the segmentation-aware loss, built and loaded from config.loss.
 
-sapnet_jax.losses.sapnet computes the terms from arrays and these modules; loading weights (convert,
-checkpoint) happens here, once, outside jit:
+sapnet_jax.losses.sapnet computes the terms from arrays and these modules; loading weights
+(weights.backbones, weights.model_files) happens here, once, outside jit:
 
-    frozen = loss_networks.build_frozen_nets(config.loss)   # logs what is random
+    frozen = frozen_nets.build_frozen_nets(config.loss)   # logs what is random
     total, terms = sapnet.total_loss(config.loss, frozen, derained, clean, rainy, epoch=epoch)
 """
 
@@ -18,12 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sapnet_jax.weights import torch_layout
-from sapnet_jax.weights import backbones
 from sapnet_jax.losses import sapnet
-from sapnet_jax.weights import model_files
 from sapnet_jax.losses.sapnet import LossConfigError, field
 from sapnet_jax.models import alexnet, resnet_fpn, vgg
+from sapnet_jax.weights import backbones, model_files, torch_layout
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +49,14 @@ class FrozenNets(nnx.Module):
     self.notes = notes  # what is random or missing, for logs and run metadata
 
 
-def _weights_path(cfg, name: str, needed_by: str, hint: str) -> str:
+def _weights_path(cfg, name: str, needed_by: str, hint: str, notes: list[str] | None = None
+                  ) -> str | None:
+  """`config.loss.<name>`; when unset, an error naming it, or (with `notes`, the
+  `random_missing` case) None and a note that the network stays random."""
   path = field(cfg, name)
+  if not path and notes is not None:
+    notes.append(f"config.loss.{name} is None: not loaded, random or uniform (random_missing)")
+    return None
   if not path:
     raise LossConfigError(
         f"config.loss.{name} is None, but {needed_by} needs these weights. {hint} "
@@ -60,7 +64,11 @@ def _weights_path(cfg, name: str, needed_by: str, hint: str) -> str:
   return str(path)
 
 
-def _load_trunk(module_fn, path: str, kind: str) -> nnx.Module:
+def _trunk(module_fn, path: str | None, kind: str) -> nnx.Module:
+  """The frozen trunk built by `module_fn(rngs)`, its weights read from `path`; random when
+  `path` is None."""
+  if path is None:
+    return module_fn(nnx.Rngs(0))
   module = nnx.eval_shape(lambda: module_fn(nnx.Rngs(0)))
   flat = backbones.load_backbone(path, kind)
   present = set(model_files.flatten(nnx.to_pure_dict(nnx.state(module))))
@@ -100,6 +108,7 @@ def build_frozen_nets(cfg: Any, random_missing: bool = False) -> FrozenNets:
   needs = sapnet.needed_nets(cfg)
   dtype = field(cfg, "perceptual_dtype")
   notes = []
+  missing_ok = notes if random_missing else None
   trunk_vgg = trunk_alex = heads = seg = None
   if needs["pcl"] or needs["lpips_vgg"]:
     who = " and ".join(n for n, on in (("the perceptual contrastive loss", needs["pcl"]),
@@ -107,38 +116,26 @@ def build_frozen_nets(cfg: Any, random_missing: bool = False) -> FrozenNets:
     layers = (vgg.LPIPS_LAYERS if needs["lpips_vgg"] else ()) + (
         tuple(field(cfg, "pcl_layers")) if needs["pcl"] else ())
     last = max(layers, key=vgg.LAYERS.index)
-    if random_missing and not field(cfg, "vgg_weights"):
-      trunk_vgg = vgg.VGG16Features(last=last, dtype=dtype, rngs=nnx.Rngs(0))
-      notes.append("vgg: config.loss.vgg_weights is None: random VGG-16 (random_missing)")
-    else:
-      path = _weights_path(cfg, "vgg_weights", who,
-                           "Convert them: python -m sapnet_jax.convert --download vgg16 "
-                           "--out vgg16.npz.")
-      trunk_vgg = _load_trunk(lambda r: vgg.VGG16Features(last=last, dtype=dtype, rngs=r),
-                              path, "vgg16")
-  if needs["lpips_alex"] and random_missing and not field(cfg, "alexnet_weights"):
-    trunk_alex = alexnet.AlexNetFeatures(dtype=dtype, rngs=nnx.Rngs(0))
-    notes.append("alexnet: config.loss.alexnet_weights is None: random AlexNet (random_missing)")
-  elif needs["lpips_alex"]:
+    path = _weights_path(cfg, "vgg_weights", who,
+                         "Convert them: python -m sapnet_jax.convert --download vgg16 "
+                         "--out vgg16.npz.", missing_ok)
+    trunk_vgg = _trunk(lambda r: vgg.VGG16Features(last=last, dtype=dtype, rngs=r), path, "vgg16")
+  if needs["lpips_alex"]:
     path = _weights_path(cfg, "alexnet_weights", "LPIPS-Alex",
                          "Convert them: python -m sapnet_jax.convert --download alexnet "
-                         "--out alexnet.npz.")
-    trunk_alex = _load_trunk(lambda r: alexnet.AlexNetFeatures(dtype=dtype, rngs=r),
-                             path, "alexnet")
-  if (needs["lpips_vgg"] or needs["lpips_alex"]) and random_missing and not field(
-      cfg, "lpips_weights"):
-    channels = vgg.WIDTHS if field(cfg, "lpips_net") == "vgg" else alexnet.WIDTHS
-    heads = LPIPSHeads({f"lin{k}": np.full((c,), 1.0 / c, np.float32)
-                        for k, c in enumerate(channels)})
-    notes.append("lpips: config.loss.lpips_weights is None: uniform heads (random_missing)")
-  elif needs["lpips_vgg"] or needs["lpips_alex"]:
+                         "--out alexnet.npz.", missing_ok)
+    trunk_alex = _trunk(lambda r: alexnet.AlexNetFeatures(dtype=dtype, rngs=r), path, "alexnet")
+  if needs["lpips_vgg"] or needs["lpips_alex"]:
     net = field(cfg, "lpips_net")
+    channels = vgg.WIDTHS if net == "vgg" else alexnet.WIDTHS
     path = _weights_path(cfg, "lpips_weights", f"LPIPS-{net}",
                          f"Use the lpips package's weights/v0.1/{net}.pth or "
                          f"python -m sapnet_jax.convert --download lpips_{net} "
-                         f"--out lpips_{net}.npz.")
-    flat = backbones.load_backbone(path, f"lpips_{net}")
-    channels = vgg.WIDTHS if net == "vgg" else alexnet.WIDTHS
+                         f"--out lpips_{net}.npz.", missing_ok)
+    if path is None:  # uniform heads: the same work as trained ones
+      flat = {f"lin{k}": np.full((c,), 1.0 / c, np.float32) for k, c in enumerate(channels)}
+    else:
+      flat = backbones.load_backbone(path, f"lpips_{net}")
     for k, c in enumerate(channels):
       if np.shape(flat.get(f"lin{k}")) != (c,):
         raise LossConfigError(f"{path}: lin{k} has shape {np.shape(flat.get(f'lin{k}'))}, "

@@ -18,7 +18,8 @@ so the default normalises it into the covariance, 1/(N − 1) as numpy.cov does;
 The weight ω (paper §4.1: 1) is applied by the caller.
 
 Supervised loss. The paper does not say which loss supervises the synthetic pairs; we use
-ssim_weight·(−SSIM, `sapnet.ssim_loss`) + l1_weight·L1, both weights from the config (docs/fidelity.md, MSNet).
+ssim_weight·(−SSIM, `sapnet.ssim_loss`) + l1_weight·L1, both weights from the config
+(docs/fidelity.md, MSNet).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Pure functions of arrays and modules: the frozen networks are built and loaded b
 sapnet_jax.losses.frozen_nets. Interface for the trainer (all images NHWC float32, nominally in
 [0, 1]):
 
-    frozen = loss_networks.build_frozen_nets(config.loss)  # once, outside jit
+    frozen = frozen_nets.build_frozen_nets(config.loss)  # once, outside jit
     def loss_fn(model):                                  # differentiated w.r.t. `model` only
       derained = model(rainy)
       return losses.total_loss(config.loss, frozen, derained, clean, rainy, epoch=epoch)
@@ -43,8 +43,8 @@ import numpy as np
 from flax import nnx
 
 from sapnet_jax.metrics import full_reference
-from sapnet_jax.utils import config_field
 from sapnet_jax.models import alexnet, vgg
+from sapnet_jax.utils import config_field
 
 # LPIPS v0.1 input scaling (lpips.ScalingLayer), applied to images in [-1, 1].
 LPIPS_SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
@@ -238,7 +238,7 @@ def total_loss(cfg: Any, frozen: Any, derained: jax.Array, clean: jax.Array,
                rainy: jax.Array, *, epoch: int | jax.Array | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sum of the enabled terms and a dict of every term (see the module docstring);
-  `frozen` is a loss_networks.FrozenNets built from the same `cfg`."""
+  `frozen` is a frozen_nets.FrozenNets built from the same `cfg`."""
   _check_images(derained, clean, rainy)
   clean, rainy = jnp.clip(clean, 0, 1), jnp.clip(rainy, 0, 1)
   needs = needed_nets(cfg)
@@ -283,7 +283,7 @@ def total_loss(cfg: Any, frozen: Any, derained: jax.Array, clean: jax.Array,
 
 def _require(net, name: str, why: str) -> None:
   if net is None:
-    raise LossConfigError(f"{why} needs frozen.{name}, but loss_networks.build_frozen_nets was "
+    raise LossConfigError(f"{why} needs frozen.{name}, but frozen_nets.build_frozen_nets was "
                           "given a config without it; build the frozen nets from the same "
                           "config.loss")
 

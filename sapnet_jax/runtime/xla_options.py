@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-from sapnet_jax.utils import fileio
 from sapnet_jax.models import ops
+from sapnet_jax.utils import fileio
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 CHOICES = {"eigen": CPU_OPTIONS, "default": {}}

@@ -11,7 +11,7 @@ is answered with a 4xx and JSON `{"error": "<reason>"}`; nothing a client sends 
 come `body_timeout_s` after the headers (uvicorn has no such timeout; `serve` adds one for the
 headers themselves); images over `max_pixels` are refused from their header, before they are
 decoded, and again once decoded. Same-size images arriving together are de-rained in one batch
-(serving_batch), which also bounds what the device does for clients: compiled programs, the
+(serving.batching), which also bounds what the device does for clients: compiled programs, the
 queue (503 above `max_queue`), a deadline (503), and work for a client that disconnected.
 """
 
@@ -115,7 +115,7 @@ def create_app(model: nnx.Module, name: str, *, description: str | None = None,
                access: Access | None = None) -> Starlette:
   """The app serving `model` (shown to clients as `name`, with `description`). `derainer`
   may be given to share one already compiled. `access` (the Host allow-list, the same-origin
-  rule and the token; serving_access) is what `serve` always passes; without it the app
+  rule and the token; serving.access_rules) is what `serve` always passes; without it the app
   checks none of them, for embedding behind one's own guard."""
   derainer = derainer or infer.Derainer(model)
   batcher = Batcher(derainer, limits.max_batch, limits.batch_wait_ms / 1000.0, limits.tile,

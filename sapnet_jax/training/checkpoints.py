@@ -49,9 +49,9 @@ class TrainCheckpoints:
   `data` (the input iterator's state, one file per process) and `digest` (SHA-256 of the
   params, the train state and the model config, verified by restore_latest and load_model).
   Keeps the `keep` latest steps plus the best by `val_metric` (higher or lower is better as
-  sapnet_jax.metrics.full_reference says for that name); saves are asynchronous where Orbax supports it and
-  only committed steps are ever read back. Every JAX process must make the same calls (Orbax
-  synchronises them).
+  sapnet_jax.metrics.conventions says for that name); saves are asynchronous where Orbax
+  supports it and only committed steps are ever read back. Every JAX process must make the same
+  calls (Orbax synchronises them).
   """
 
   TRAIN_STATE, CONFIG, DATA = "train_state", "config", "data"

@@ -71,7 +71,7 @@ def _host_params(params: Any) -> Any:
 
 
 class Validator:
-  """Periodic validation through the evaluation code (sapnet_jax.evaluation.scoring), on process 0."""
+  """Periodic validation through sapnet_jax.evaluation.scoring, on process 0."""
 
   def __init__(self, config: Any, graphdef: Any, params: Any, workdir: str):
     self.config, self.workdir = config, workdir
@@ -88,7 +88,7 @@ class Validator:
     data_dir = self.config.data.get("data_dir")
     out = fileio.join(self.workdir, "eval", f"step_{step}")
     results = scoring.evaluate_sets(self.derainer, self.config.eval, out, {"step": step},
-                                       data_dir, progress=False)
+                                    data_dir, progress=False)
     for name, summary in results.items():
       writer.scalars(step, summary["means"], prefix=f"val/{name}")
       grid = fileio.join(out, name, "grid.png")

@@ -10,9 +10,10 @@ from typing import Mapping
 
 import numpy as np
 
-from sapnet_jax.weights import download, model_files, torch_layout
 from sapnet_jax.models import vgg
+from sapnet_jax.weights import download, model_files
 from sapnet_jax.weights.pth import PthError, load_safetensors, load_state_dict
+from sapnet_jax.weights.torch_layout import ConversionError, conv_kernel, strip_prefix
 
 
 # Indices of the convolutions inside torchvision's `features` Sequential.
@@ -54,7 +55,7 @@ DOWNLOADS = {
 def fetch_backbone(name: str) -> str:
   """Downloads torchvision/LPIPS weights `name` once into the cache (SHA-256 checked)."""
   if name not in DOWNLOADS:
-    raise torch_layout.ConversionError(f"--download must be one of {sorted(DOWNLOADS)}, got {name!r}")
+    raise ConversionError(f"--download must be one of {sorted(DOWNLOADS)}, got {name!r}")
   url, sha256 = DOWNLOADS[name]
   # torchvision's own file names; the two LPIPS files share a base name, so they get ours.
   filename = f"{name}_v0.1.pth" if name.startswith("lpips") else url.rsplit("/", 1)[-1]
@@ -68,7 +69,7 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
     try:
       return model_files.read_npz(path)
     except model_files.CheckpointError as e:
-      raise torch_layout.ConversionError(str(e)) from None
+      raise ConversionError(str(e)) from None
   if path.endswith(".safetensors"):
     return load_safetensors(path)
   return load_state_dict(path)
@@ -76,12 +77,12 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
 
 def _take(sd: dict, used: set, key: str, transform=None) -> np.ndarray:
   if key not in sd:
-    raise torch_layout.ConversionError(f"missing key {key!r}")
+    raise ConversionError(f"missing key {key!r}")
   used.add(key)
   value = np.asarray(sd[key], np.float32)
   if transform is not None:
     if value.ndim != 4:
-      raise torch_layout.ConversionError(f"{key}: expected a 4-d conv weight, got shape {value.shape}")
+      raise ConversionError(f"{key}: expected a 4-d conv weight, got shape {value.shape}")
     value = transform(value)
   return value
 
@@ -90,7 +91,7 @@ def _check_unused(sd: dict, used: set, ignore: tuple[str, ...], what: str) -> No
   unused = sorted(k for k in sd if k not in used and not k.startswith(ignore)
                   and not k.endswith("num_batches_tracked"))
   if unused:
-    raise torch_layout.ConversionError(f"{what}: unused keys {unused[:8]}{' ...' if len(unused) > 8 else ''}")
+    raise ConversionError(f"{what}: unused keys {unused[:8]}{' ...' if len(unused) > 8 else ''}")
 
 
 def _strip(sd: Mapping[str, np.ndarray], anchor: str) -> dict[str, np.ndarray]:
@@ -99,14 +100,14 @@ def _strip(sd: Mapping[str, np.ndarray], anchor: str) -> dict[str, np.ndarray]:
     if key.endswith(anchor):
       prefix = key[: -len(anchor)]
       return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-  raise torch_layout.ConversionError(f"no key ending in {anchor!r}; first keys: {sorted(sd)[:5]}")
+  raise ConversionError(f"no key ending in {anchor!r}; first keys: {sorted(sd)[:5]}")
 
 
 def vgg16_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """torchvision VGG-16 (`features.N.weight`; the classifier is ignored) -> `conv1_1/kernel`."""
   sd, used, out = _strip(state_dict, "features.0.weight"), set(), {}
   for idx, name in zip(_VGG16_CONVS, _VGG16_NAMES):
-    out[f"{name}/kernel"] = _take(sd, used, f"features.{idx}.weight", torch_layout.conv_kernel)
+    out[f"{name}/kernel"] = _take(sd, used, f"features.{idx}.weight", conv_kernel)
     out[f"{name}/bias"] = _take(sd, used, f"features.{idx}.bias")
   _check_unused(sd, used, ("classifier.",), "VGG-16")
   return out
@@ -116,7 +117,7 @@ def alexnet_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, n
   """torchvision AlexNet (`features.N.weight`; the classifier is ignored) -> `conv1/kernel`."""
   sd, used, out = _strip(state_dict, "features.0.weight"), set(), {}
   for k, idx in enumerate(_ALEXNET_CONVS):
-    out[f"conv{k + 1}/kernel"] = _take(sd, used, f"features.{idx}.weight", torch_layout.conv_kernel)
+    out[f"conv{k + 1}/kernel"] = _take(sd, used, f"features.{idx}.weight", conv_kernel)
     out[f"conv{k + 1}/bias"] = _take(sd, used, f"features.{idx}.bias")
   _check_unused(sd, used, ("classifier.",), "AlexNet")
   return out
@@ -128,10 +129,10 @@ def lpips_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.
   for k in range(5):
     key = next((c for c in (f"lin{k}.model.1.weight", f"lin{k}.model.0.weight") if c in sd), None)
     if key is None:
-      raise torch_layout.ConversionError(f"missing key 'lin{k}.model.1.weight' (an LPIPS v0.1 linear layer)")
+      raise ConversionError(f"missing key 'lin{k}.model.1.weight' (an LPIPS v0.1 linear layer)")
     w = _take(sd, used, key)
     if w.ndim != 4 or w.shape[0] != 1 or w.shape[2:] != (1, 1):
-      raise torch_layout.ConversionError(f"{key}: expected shape (1, C, 1, 1), got {w.shape}")
+      raise ConversionError(f"{key}: expected shape (1, C, 1, 1), got {w.shape}")
     out[f"lin{k}"] = w[0, :, 0, 0]
   _check_unused(sd, used, (), "LPIPS")
   return out
@@ -150,7 +151,7 @@ def resnet_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np
   torchvision's names; its deep-stem variants (resnet101d: `conv1.0.weight`) are refused.
   """
   if any(re.match(r"(.*\.)?conv1\.0\.weight$", k) for k in state_dict):
-    raise torch_layout.ConversionError("deep-stem ResNet (timm 'resnetXXd', key 'conv1.0.weight') is not "
+    raise ConversionError("deep-stem ResNet (timm 'resnetXXd', key 'conv1.0.weight') is not "
                           "the torchvision layout the segmentation net uses")
   sd, used, out = _strip(state_dict, "layer1.0.conv1.weight"), set(), {}
 
@@ -158,19 +159,19 @@ def resnet_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np
     for a, b in _BN:
       out[f"{dst}/{b}"] = _take(sd, used, f"{src}.{a}")
 
-  out["conv1/kernel"] = _take(sd, used, "conv1.weight", torch_layout.conv_kernel)
+  out["conv1/kernel"] = _take(sd, used, "conv1.weight", conv_kernel)
   bn("bn1", "bn1")
   depths = _resnet_depths(sd)
   if min(depths) < 1:
-    raise torch_layout.ConversionError(f"expected blocks in layer1..layer4, found depths {depths}")
+    raise ConversionError(f"expected blocks in layer1..layer4, found depths {depths}")
   for s, depth in enumerate(depths, start=1):
     for b in range(depth):
       src, dst = f"layer{s}.{b}", f"layer{s}/{b}"
       for j in (1, 2, 3):
-        out[f"{dst}/conv{j}/kernel"] = _take(sd, used, f"{src}.conv{j}.weight", torch_layout.conv_kernel)
+        out[f"{dst}/conv{j}/kernel"] = _take(sd, used, f"{src}.conv{j}.weight", conv_kernel)
         bn(f"{src}.bn{j}", f"{dst}/bn{j}")
       if f"{src}.downsample.0.weight" in sd:
-        out[f"{dst}/down_conv/kernel"] = _take(sd, used, f"{src}.downsample.0.weight", torch_layout.conv_kernel)
+        out[f"{dst}/down_conv/kernel"] = _take(sd, used, f"{src}.downsample.0.weight", conv_kernel)
         bn(f"{src}.downsample.1", f"{dst}/down_bn")
   _check_unused(sd, used, ("fc.",), "ResNet")
   return out
@@ -178,12 +179,12 @@ def resnet_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np
 
 def fpn_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A whole official `fpn` state_dict (`resnet.*` encoder, `fpn.*` decoder) -> ResNetFPN."""
-  sd = torch_layout.strip_prefix(state_dict)
+  sd = strip_prefix(state_dict)
   out = {f"resnet/{k}": v for k, v in
          resnet_from_state_dict({k: v for k, v in sd.items() if k.startswith("resnet.")}).items()}
   used: set = set()
   for name in _FPN_CONVS:
-    out[f"fpn/{name}/kernel"] = _take(sd, used, f"fpn.{name}.weight", torch_layout.conv_kernel)
+    out[f"fpn/{name}/kernel"] = _take(sd, used, f"fpn.{name}.weight", conv_kernel)
     out[f"fpn/{name}/bias"] = _take(sd, used, f"fpn.{name}.bias")
   _check_unused(sd, used, ("resnet.",), "FPN")
   return out
@@ -201,14 +202,14 @@ def load_backbone(path: str, kind: str) -> dict[str, np.ndarray]:
   torchvision / timm / LPIPS file, converted on the fly. Errors name the file.
   """
   if kind not in _CONVERTERS:
-    raise torch_layout.ConversionError(f"unknown backbone {kind!r}; known: {BACKBONES}")
+    raise ConversionError(f"unknown backbone {kind!r}; known: {BACKBONES}")
   try:
     sd = read_weights(path)
     if sd and all("/" in k or re.fullmatch(r"lin\d", k) for k in sd):  # already converted
       return {k: np.asarray(v) for k, v in sd.items()}
     return _CONVERTERS[kind](sd)
-  except (torch_layout.ConversionError, PthError) as e:
+  except (ConversionError, PthError) as e:
     message = str(e)  # the readers' messages start with the path already
-    raise torch_layout.ConversionError(message if message.startswith(f"{path}: ") else f"{path}: {e}") from None
+    raise ConversionError(message if message.startswith(f"{path}: ") else f"{path}: {e}") from None
   except OSError as e:
-    raise torch_layout.ConversionError(f"{path}: cannot read ({e})") from None
+    raise ConversionError(f"{path}: cannot read ({e})") from None

@@ -9,9 +9,8 @@ import os
 
 from flax import nnx
 
-from sapnet_jax.weights import torch_layout
 from sapnet_jax.utils import fileio
-from sapnet_jax.weights import download, model_files
+from sapnet_jax.weights import download, model_files, torch_layout
 
 WEIGHTS_DIR = os.path.dirname(os.path.abspath(__file__))  # the shipped .npz lie beside this file
 DEFAULT = "sapnet-rain100h"
@@ -132,7 +131,7 @@ def listing() -> list[dict]:
   for name, entry in REGISTRY.items():
     st = state(name)
     rows.append({"name": name, "default": name == DEFAULT, "description": entry.description,
-                 "shipped": entry.file is not None, "source": entry.source or entry.url,
-                 "licence": entry.licence, "sha256": entry.sha256, "state": st.kind,
-                 "path": st.path})
+                "shipped": entry.file is not None, "source": entry.source or entry.url,
+                "licence": entry.licence, "sha256": entry.sha256, "state": st.kind,
+                "path": st.path})
   return rows

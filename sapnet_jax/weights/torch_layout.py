@@ -14,8 +14,8 @@ import numpy as np
 from flax import nnx
 
 from sapnet_jax import models
-from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
+from sapnet_jax.weights import model_files
 from sapnet_jax.weights.pth import load_state_dict
 
 

@@ -3,8 +3,7 @@
 
 import numpy as np
 
-from sapnet_jax.data import demo, imageio, prepare
-from sapnet_jax.data import rain_renderer, synthetic_builder
+from sapnet_jax.data import demo, imageio, prepare, rain_renderer, synthetic_builder
 
 CLEAN = np.random.default_rng(1).random((64, 80, 3)).astype(np.float32) * 0.8
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from support.paths import shared_path
-from sapnet_jax.data import demo, imageio
-from sapnet_jax.data import rain_renderer
+from sapnet_jax.data import demo, imageio, rain_renderer
 
 CLEAN = np.random.default_rng(1).random((64, 80, 3)).astype(np.float32) * 0.8
 

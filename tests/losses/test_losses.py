@@ -20,9 +20,9 @@ from flax import nnx
 from support.paths import FIXTURES, shared_path
 from fixtures import numpy_state_dicts
 from configs import default
-from sapnet_jax.weights import backbones, model_files
 from sapnet_jax.losses import frozen_nets, sapnet
 from sapnet_jax.models import alexnet, resnet_fpn, vgg
+from sapnet_jax.weights import backbones, model_files
 
 FX = np.load(FIXTURES / "loss_parity.npz")
 PAIRS = ((("clean", 0), ("rainy", 0)), (("clean", 1), ("rainy", 1)), (("clean", 2), ("rainy", 2)),

@@ -14,8 +14,8 @@ from scipy.signal import correlate2d
 from skimage.metrics import structural_similarity
 
 from support.paths import shared_path
-from sapnet_jax.metrics import full_reference
 from sapnet_jax.data.imageio import read_image
+from sapnet_jax.metrics import full_reference
 
 TOL = 1e-6
 

@@ -57,7 +57,7 @@ def test_matches_reference(i):
   # Float input in [0, 1] (what evaluate passes) rounds back to the same 8-bit pixels.
   assert no_reference.niqe(as_float(img)) == pytest.approx(EXPECTED["niqe"][i], abs=NIQE_TOL)
   assert no_reference.brisque(as_float(img)) == pytest.approx(EXPECTED["brisque"][i],
-                                                               abs=BRISQUE_TOL)
+                                                              abs=BRISQUE_TOL)
 
 
 def test_niqe_crop_border_matches_reference():

@@ -11,8 +11,8 @@ from flax import nnx
 
 from sapnet_jax import models
 from sapnet_jax.losses import msnet as ml
-from sapnet_jax.weights import model_files
 from sapnet_jax.models import msnet
+from sapnet_jax.weights import model_files
 
 TINY = msnet.MSNetConfig(units=2, channels=8, cclb_depth=2)
 

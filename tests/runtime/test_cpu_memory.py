@@ -31,7 +31,7 @@ for _ in range(3):
   f(k, x).block_until_ready()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(json.dumps({"applied": applied, "faults": faults,
-                  "async": jax.config.read("jax_cpu_enable_async_dispatch")}))
+                 "async": jax.config.read("jax_cpu_enable_async_dispatch")}))
 """
 
 

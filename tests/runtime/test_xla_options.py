@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sapnet_jax.runtime import xla_options
 from sapnet_jax.models import ops
+from sapnet_jax.runtime import xla_options
 
 
 def test_other_platforms_get_no_options():

@@ -25,10 +25,10 @@ from support.paths import REPO
 from support.imagefiles import odd_images
 from support.live_servers import live, pixels, png_bytes
 from sapnet_jax import infer, models, pretrained, serve
-from sapnet_jax.serving import web_app
-from sapnet_jax.weights import model_files
 from sapnet_jax.data.imageio import to_uint8
+from sapnet_jax.serving import web_app
 from sapnet_jax.serving.batching import Batcher
+from sapnet_jax.weights import model_files
 
 RNG = np.random.default_rng(7)
 # Small enough to keep compiles short, and chosen so the odd kinds (21x34) go whole, a 70x90

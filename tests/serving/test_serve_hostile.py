@@ -21,8 +21,8 @@ from support import hostile
 from support.imagefiles import odd_images
 from support.live_servers import live, tiny_model
 from sapnet_jax import infer
-from sapnet_jax.serving import access_rules, web_app
 from sapnet_jax.data import imageio
+from sapnet_jax.serving import access_rules, web_app
 
 # As in test_serve.py: the corpus's 4800x4800 files and its header bomb are over the pixel
 # limit, its small images go through whole.

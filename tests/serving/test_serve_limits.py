@@ -32,9 +32,9 @@ from support.paths import REPO
 from support.live_servers import png_bytes
 from support.ports import free_port
 from sapnet_jax import infer, serve
+from sapnet_jax.models import pdu
 from sapnet_jax.serving import batching, web_app
 from sapnet_jax.weights import model_files
-from sapnet_jax.models import pdu
 
 RNG = np.random.default_rng(11)
 # Tiles of 32 make a 1600x1600 image 4356 device calls: many seconds for the tiny model.

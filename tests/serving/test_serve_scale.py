@@ -11,8 +11,8 @@ from starlette.testclient import TestClient
 
 from support.live_servers import pixels, png_bytes
 from sapnet_jax import infer, serve
-from sapnet_jax.serving import web_app
 from sapnet_jax.data.imageio import to_uint8
+from sapnet_jax.serving import web_app
 
 RNG = np.random.default_rng(11)
 # No buckets, so what the server computes is what infer.Derainer computes for the same image

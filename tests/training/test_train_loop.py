@@ -15,10 +15,8 @@ import pytest
 from support.paths import REPO
 from support.demo_config import TINY_DEMO
 from sapnet_jax.evaluation import scoring
-from sapnet_jax.training import loop, summaries
-from sapnet_jax.training import train_step
+from sapnet_jax.training import checkpoints, loop, summaries, train_step
 from sapnet_jax.weights import model_files
-from sapnet_jax.training import checkpoints
 from configs import demo
 
 

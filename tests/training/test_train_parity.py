@@ -20,11 +20,10 @@ import pytest
 from flax import nnx
 
 from support.paths import FIXTURES, shared_path
-from sapnet_jax.weights import torch_layout
 from sapnet_jax.losses import frozen_nets, sapnet
-from sapnet_jax.training import train_step
-from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
+from sapnet_jax.training import train_step
+from sapnet_jax.weights import model_files, torch_layout
 from configs import default
 
 FIXTURE = FIXTURES / "train_parity.npz"

@@ -16,10 +16,9 @@ from flax import nnx
 from support.paths import REPO
 from sapnet_jax import models
 from sapnet_jax.losses import sapnet
-from sapnet_jax.training import train_step
-from sapnet_jax.weights import model_files
-from sapnet_jax.training import checkpoints
 from sapnet_jax.models import pdu
+from sapnet_jax.training import checkpoints, train_step
+from sapnet_jax.weights import model_files
 
 TINY = pdu.PDUConfig(stages=2, channels=8, num_blocks=1, reduction=4)
 

@@ -18,10 +18,8 @@ from flax import nnx
 
 from support.paths import FIXTURES, shared_path
 from fixtures import numpy_state_dicts
-from sapnet_jax.weights import torch_layout
-from sapnet_jax.weights import backbones
-from sapnet_jax.weights import model_files
 from sapnet_jax.models import alexnet, resnet_fpn, vgg
+from sapnet_jax.weights import backbones, model_files, torch_layout
 
 REL = 1e-4
 FX = np.load(FIXTURES / "loss_parity.npz")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sapnet_jax.weights import model_files
 from sapnet_jax.models import pdu
+from sapnet_jax.weights import model_files
 
 CFG = pdu.PDUConfig(channels=8, reduction=4, stages=2)
 

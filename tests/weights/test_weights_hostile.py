@@ -105,7 +105,7 @@ def test_crafted_pth_headers_are_refused_naming_the_file(tmp_path):
   result = _python("-c", _LOAD_EACH, *map(str, paths.values()), timeout=120)
   assert result.returncode == 0, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
   outcomes = {Path(p).name: (kind, msg) for p, kind, msg in map(json.loads,
-                                                               result.stdout.splitlines())}
+                                                                result.stdout.splitlines())}
   assert len(outcomes) == len(paths)
   for key, path in paths.items():
     kind, message = outcomes[path.name]
@@ -208,7 +208,7 @@ def _truncated(tiny_weights: Path, kind: str, dst: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["npz", "orbax", "pth"])
 def test_truncated_weights_give_one_line_and_exit_2(tmp_path, tiny_weights, kind,
-                                                   own_compile_cache):
+                                                    own_compile_cache):
   bad = _truncated(tiny_weights, kind, tmp_path)
   result = _python("-m", "sapnet_jax.derain", str(IMAGE), "--out", str(tmp_path / "out"),
                    "--weights", str(bad))
