@@ -52,7 +52,7 @@ def run_variant(form: str, dtype: str, size: int, repeats: int, impl: str) -> di
   return {"first_call_s": first, "median_s": float(np.median(times)),
           "compile_s_est": first - float(np.median(times)), "times_s": times,
           "peak_rss_mb": peak_rss_mb(),
-          "compiler_options": xla_options.compiler_options(jax.devices()[0].platform, "infer")}
+          "compiler_options": xla_options.compiler_options(jax.devices()[0].platform, "infer_image")}
 
 
 def run_torch_pair(size: int, repeats: int) -> dict:

@@ -8,8 +8,8 @@ once per image size. For a network without global attention (PReNet, PRN), a pix
 equals the whole-image result whenever overlap >= 4 * model.cfg.receptive_radius + 4. SAPNet's
 attention pools over each tile instead of the whole image, so its tiles differ slightly from
 whole-image inference: 50 dB PSNR between the two on Rain100H with 256-pixel tiles, and the
-same PSNR against the ground truth (docs/fidelity.md). The defaults (512 / 64) are the
-fastest per pixel on a 2-core CPU and keep a 4000x3000 photo under 1 GB of peak RSS.
+same PSNR against the ground truth (docs/fidelity.md). The defaults are DEFAULT_TILE and
+DEFAULT_OVERLAP.
 
 Scale-aware inference (`scale=`): the networks learned rain 1-2 pixels wide (Rain100H), and a
 photo's streaks are often several times wider. With `scale=F` the photo is shrunk by F (an
@@ -39,7 +39,11 @@ from sapnet_jax import models
 from sapnet_jax.models import ops
 from sapnet_jax.runtime import xla_options
 
-DEFAULT_TILE = 512
+# Tiles of at most 1024 pixels a side: less overlap computed twice than with 512 (a 2000x1500
+# image: 3.33 MP of tiles instead of 3.82, at the same cost per pixel), closer to the official
+# whole-image inference for SAPNet's attention, and a 4000x3000 photo stays under 2 GB of peak
+# RSS (docs/scale.md, Large photos). The server keeps 512 (serving/batching.py, SERVER_TILE).
+DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 64
 
 AUTO = "auto"
@@ -213,7 +217,7 @@ class Derainer:
 
   It runs on JAX's default device, with the kernel set `impl` (models/ops.py; "auto": the
   measured faster one on that device's platform, None: the model's own) and the compiler
-  options measured faster there for inference (xla_options)."""
+  options measured faster there for one image, or for a batch of several (xla_options)."""
 
   def __init__(self, model: nnx.Module, impl: str | None = "auto", stages: int | None = None):
     platform = jax.devices()[0].platform
@@ -222,12 +226,17 @@ class Derainer:
     if impl is not None:
       model = models.with_config(model, impl=ops.resolve(impl, platform))
     self.impl = model.cfg.impl
-    options = xla_options.compiler_options(platform, "infer")
-    logging.info("inference on %s: kernel set %r, compiler options %s", platform, self.impl,
-                 options or "XLA's defaults")
     graphdef, state = nnx.split(model)
     self._state = state
-    self._forward = jax.jit(functools.partial(_forward, graphdef), compiler_options=options)
+    # One image (a photo or a tile) and many small ones (auto's thumbnails) may want different
+    # compiler options (runtime/xla_options.py): two jitted functions, chosen by batch size.
+    self._forward = {}
+    for workload in ("infer_image", "infer_batch"):
+      options = xla_options.compiler_options(platform, workload)
+      logging.info("%s on %s: kernel set %r, compiler options %s", workload, platform,
+                   self.impl, options or "XLA's defaults")
+      self._forward[workload] = jax.jit(functools.partial(_forward, graphdef),
+                                        compiler_options=options)
 
   def update(self, params: dict) -> None:
     """Swaps in new weights of the same structure (training's validation), with no recompile."""
@@ -235,7 +244,8 @@ class Derainer:
 
   def batch(self, images: np.ndarray | jax.Array) -> jax.Array:
     """(N, H, W, 3) -> (N, H, W, 3), unclamped float32."""
-    return self._forward(self._state, jnp.asarray(images, jnp.float32))
+    forward = self._forward["infer_image" if len(images) == 1 else "infer_batch"]
+    return forward(self._state, jnp.asarray(images, jnp.float32))
 
   def estimate_scale(self, image: np.ndarray) -> float:
     """The working scale `auto` picks for an (H, W, 3) image: one device call on thumbnails."""

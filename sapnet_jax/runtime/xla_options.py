@@ -3,9 +3,12 @@
 On CPU, XLA (jaxlib 0.10) hands convolutions to YNNPACK by default; the option
 `xla_cpu_experimental_ynn_fusion_type=""` keeps them in Eigen. Which is faster depends on the
 CPU and on the work: on an AVX-512 Xeon Eigen trains SAPNet about 1.5x faster, on an AMD EPYC
-without AVX-512 YNNPACK infers about 8% faster (docs/benchmarks.md). So the choice is measured
-once per machine and workload ("train": forward and gradients, "infer": forward): a few jitted
-convolutions of the networks' shapes under each setting, alternated, the faster kept. The
+without AVX-512 YNNPACK infers about 8% faster (docs/benchmarks.md), and on an AVX-512 EPYC
+YNNPACK de-rains a 512x512 image 13% faster but a batch of 20 128x128 crops 1.9x slower. So
+the choice is measured once per machine and workload ("train": forward and gradients;
+"infer_image": the forward pass of one photo or tile; "infer_batch": of many small crops in
+one call, as `auto`'s thumbnails): a few jitted convolutions of the networks' channels at the
+workload's shape under each setting, alternated, the faster kept. The
 result is cached in $SAPNET_JAX_CACHE/xla_cpu_convs.json under the CPU model, its vector
 extensions, core count and jaxlib version; deleting the file measures again (a measurement
 taken while the machine was busy may be off). SAPNET_JAX_CPU_CONVS=eigen|default skips the
@@ -30,7 +33,10 @@ from sapnet_jax.utils import fileio
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 CHOICES = {"eigen": CPU_OPTIONS, "default": {}}
-WORKLOADS = ("train", "infer")
+WORKLOADS = ("train", "infer_image", "infer_batch")
+# Batch and image shape of each workload's probe.
+PROBE_SHAPES = {"train": (4, 100, 100), "infer_image": (1, 512, 512),
+                "infer_batch": (16, 128, 128)}
 ENV = "SAPNET_JAX_CPU_CONVS"
 CACHE_FILE = "xla_cpu_convs.json"
 _EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -65,8 +71,9 @@ def _machine_key() -> str:
 
 def _probe(workload: str):
   """Convolutions as the networks have them: 32 -> 32 at dilations 1 and 4, the ConvLSTM's
-  64 -> 128 gates; with gradients for "train" (a 12 x 100x100 batch's worth of pixels / 3)."""
-  shape = (4, 100, 100) if workload == "train" else (1, 256, 256)
+  64 -> 128 gates, at PROBE_SHAPES; with gradients for "train" (a 12 x 100x100 batch's worth of
+  pixels / 3)."""
+  shape = PROBE_SHAPES[workload]
   keys = jax.random.split(jax.random.key(0), 4)
   x = jax.random.normal(keys[0], shape + (32,))
   ks = [jax.random.normal(k, s) * 0.1 for k, s in zip(

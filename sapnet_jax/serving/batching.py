@@ -39,6 +39,11 @@ import numpy as np
 
 from sapnet_jax import infer
 
+# The server's tiles: fixed 512 x 512 (not `infer.DEFAULT_TILE`'s balanced 1024), so that every
+# large image runs one compiled program, a tile holds the device for seconds rather than tens
+# of seconds while small requests wait, and the bucket sides are fractions of it.
+SERVER_TILE = 512
+
 
 class QueueFull(Exception):
   """More requests in flight than `max_queue`: the client may retry later."""
@@ -129,7 +134,7 @@ class Batcher:
   `Derainer`'s exactly); `max_queue` bounds the requests admitted at once (None: no bound)."""
 
   def __init__(self, derainer: infer.Derainer, max_batch: int = 4, wait_s: float = 0.005,
-               tile: int | None = infer.DEFAULT_TILE, overlap: int = infer.DEFAULT_OVERLAP,
+               tile: int | None = SERVER_TILE, overlap: int = infer.DEFAULT_OVERLAP,
                *, buckets: bool = False, max_queue: int | None = None):
     if max_batch < 1:
       raise ValueError(f"max_batch must be >= 1, got {max_batch}")

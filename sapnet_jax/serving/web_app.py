@@ -43,8 +43,8 @@ from starlette.staticfiles import StaticFiles
 from sapnet_jax import infer, models
 from sapnet_jax.data import imageio
 from sapnet_jax.serving.access_rules import Access, AccessGuard
-from sapnet_jax.serving.batching import (Batcher, ClientGone, Closed, DeadlineExceeded, QueueFull,
-                                     watched)
+from sapnet_jax.serving.batching import (SERVER_TILE, Batcher, ClientGone, Closed,
+                                     DeadlineExceeded, QueueFull, watched)
 from sapnet_jax.utils import flags
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
@@ -63,7 +63,7 @@ class Limits:
   # Decoded image; bigger ones get 413. SAPNet took 14 to 32 s per megapixel on 2 busy CPU
   # cores (docs/serve.md, Limits): 4 MP (2448x1632) is one to two minutes there.
   max_pixels: int = 4_000_000
-  tile: int | None = infer.DEFAULT_TILE  # images with a side over this are de-rained in tiles
+  tile: int | None = SERVER_TILE  # images with a side over this are de-rained in tiles
   overlap: int = infer.DEFAULT_OVERLAP
   max_batch: int = 4
   batch_wait_ms: float = 5.0

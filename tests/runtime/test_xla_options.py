@@ -15,7 +15,7 @@ from sapnet_jax.runtime import xla_options
 
 def test_other_platforms_get_no_options():
   assert xla_options.compiler_options("gpu", "train") == {}
-  assert xla_options.compiler_options("tpu", "infer") == {}
+  assert xla_options.compiler_options("tpu", "infer_image") == {}
 
 
 def test_cpu_description_names_the_model_and_extensions():
@@ -55,15 +55,17 @@ def test_measured_once_per_machine_and_workload(monkeypatch, tmp_path):
     return real(workload, rounds=1)
 
   monkeypatch.setattr(xla_options, "measure", counted)
-  first = xla_options.cpu_choice("infer")
-  assert first in xla_options.CHOICES and calls == ["infer"]
+  first = xla_options.cpu_choice("infer_image")
+  assert first in xla_options.CHOICES and calls == ["infer_image"]
   cache = json.loads((tmp_path / xla_options.CACHE_FILE).read_text())
   (entry,) = cache.values()
-  assert entry["infer"] == first
-  assert min(entry["infer_seconds"], key=entry["infer_seconds"].get) == first
-  assert xla_options.cpu_choice("infer") == first and calls == ["infer"]  # from the cache
+  assert entry["infer_image"] == first
+  assert min(entry["infer_image_seconds"], key=entry["infer_image_seconds"].get) == first
+  # From the cache:
+  assert xla_options.cpu_choice("infer_image") == first and calls == ["infer_image"]
   (tmp_path / xla_options.CACHE_FILE).write_text("{not json")  # damaged: measured again
-  assert xla_options.cpu_choice("infer") in xla_options.CHOICES and calls == ["infer", "infer"]
+  assert xla_options.cpu_choice("infer_image") in xla_options.CHOICES
+  assert calls == ["infer_image", "infer_image"]
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU options")
@@ -81,3 +83,33 @@ def test_eigen_option_compiles_and_keeps_results():
     # This XLA fuses convolutions into YNNPACK by default: the option must remove those fusions.
     assert "__ynn_fusion" not in eigen.lower(x, k).compile().as_text()
   np.testing.assert_allclose(eigen(x, k), jax.jit(f)(x, k), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU options")
+def test_derainer_runs_one_image_and_batches_under_their_own_choices(monkeypatch, tmp_path):
+  if not xla_options._supported():
+    pytest.skip("this XLA does not know the option: no choice to make")
+  from flax import nnx
+
+  from sapnet_jax import infer
+  from sapnet_jax.models import pdu
+
+  monkeypatch.setenv("SAPNET_JAX_CACHE", str(tmp_path))
+  monkeypatch.delenv(xla_options.ENV, raising=False)
+  (tmp_path / xla_options.CACHE_FILE).write_text(json.dumps({xla_options._machine_key(): {
+      "infer_image": "default", "infer_batch": "eigen"}}))
+  monkeypatch.setattr(xla_options, "compiler_options", xla_options.compiler_options.__wrapped__)
+  derainer = infer.Derainer(pdu.PDUNet(pdu.PDUConfig(stages=1, num_blocks=1, channels=16),
+                                       rngs=nnx.Rngs(0)), impl=None)
+  one, two = np.zeros((1, 16, 16, 3), np.float32), np.zeros((2, 16, 16, 3), np.float32)
+  if "__ynn_fusion" not in derainer._forward["infer_image"].lower(
+      derainer._state, one).compile().as_text():
+    pytest.skip("this XLA does not fuse these convolutions into YNNPACK: nothing to tell apart")
+  assert "__ynn_fusion" not in derainer._forward["infer_batch"].lower(
+      derainer._state, two).compile().as_text()
+  calls = []
+  for name, fn in derainer._forward.items():
+    monkeypatch.setitem(derainer._forward, name,
+                        lambda state, x, fn=fn, name=name: calls.append(name) or fn(state, x))
+  derainer.batch(one), derainer.batch(two)
+  assert calls == ["infer_image", "infer_batch"]
