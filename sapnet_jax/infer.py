@@ -226,17 +226,12 @@ class Derainer:
     if impl is not None:
       model = models.with_config(model, impl=ops.resolve(impl, platform))
     self.impl = model.cfg.impl
-    graphdef, state = nnx.split(model)
-    self._state = state
+    self._graphdef, self._state = nnx.split(model)
+    self._platform = platform
     # One image (a photo or a tile) and many small ones (auto's thumbnails) may want different
-    # compiler options (runtime/xla_options.py): two jitted functions, chosen by batch size.
-    self._forward = {}
-    for workload in ("infer_image", "infer_batch"):
-      options = xla_options.compiler_options(platform, workload)
-      logging.info("%s on %s: kernel set %r, compiler options %s", workload, platform,
-                   self.impl, options or "XLA's defaults")
-      self._forward[workload] = jax.jit(functools.partial(_forward, graphdef),
-                                        compiler_options=options)
+    # compiler options (runtime/xla_options.py): a jitted function per workload, made (and its
+    # options measured, once per machine) on first use.
+    self._forward: dict[str, Callable] = {}
 
   def update(self, params: dict) -> None:
     """Swaps in new weights of the same structure (training's validation), with no recompile."""
@@ -244,8 +239,17 @@ class Derainer:
 
   def batch(self, images: np.ndarray | jax.Array) -> jax.Array:
     """(N, H, W, 3) -> (N, H, W, 3), unclamped float32."""
-    forward = self._forward["infer_image" if len(images) == 1 else "infer_batch"]
-    return forward(self._state, jnp.asarray(images, jnp.float32))
+    return self._jitted("infer_image" if len(images) == 1 else "infer_batch")(
+        self._state, jnp.asarray(images, jnp.float32))
+
+  def _jitted(self, workload: str) -> Callable:
+    if workload not in self._forward:
+      options = xla_options.compiler_options(self._platform, workload)
+      logging.info("%s on %s: kernel set %r, compiler options %s", workload, self._platform,
+                   self.impl, options or "XLA's defaults")
+      self._forward[workload] = jax.jit(functools.partial(_forward, self._graphdef),
+                                        compiler_options=options)
+    return self._forward[workload]
 
   def estimate_scale(self, image: np.ndarray) -> float:
     """The working scale `auto` picks for an (H, W, 3) image: one device call on thumbnails."""
