@@ -26,7 +26,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sapnet_jax import infer, pretrained
 from sapnet_jax.runtime import compile_cache
-from sapnet_jax.serving import access_rules, batching, web_app
+from sapnet_jax.serving import access_rules, web_app
 from sapnet_jax.utils import fileio, flags
 
 DEFAULTS = web_app.Limits()
@@ -142,7 +142,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, web_app.
                    "largest request body in bytes")
   flags.add_number(parser, "--max-pixels", int, DEFAULTS.max_pixels, "P",
                    "largest image in pixels, refused with 413 above")
-  flags.add_tiling(parser, batching.SERVER_TILE, infer.DEFAULT_OVERLAP)
+  flags.add_tiling(parser, DEFAULTS.tile, DEFAULTS.overlap)
   parser.add_argument("--max-batch", type=int, metavar="N",
                       help="most same-size images de-rained in one device call (default: 1 on "
                       f"a CPU, {DEFAULTS.max_batch} on a GPU or TPU)")

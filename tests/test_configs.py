@@ -72,7 +72,7 @@ def test_attention_ablation_changes_only_the_attention(variant, attention):
 
 
 @pytest.mark.parametrize("module", ["attention_ablation", "components_ablation",
-                         "contrast_ablation", "demo", "finetune"])
+                                    "contrast_ablation", "demo", "finetune"])
 def test_unknown_variant_names_the_file_and_the_choices(module):
   with pytest.raises(ValueError, match=rf"configs/{module}.py:nope: unknown variant"):
     importlib.import_module(f"configs.{module}").get_config("nope")

@@ -247,7 +247,7 @@ def test_dataset_form_scores_what_the_folder_form_scores(rain100h_subset, tmp_pa
   assert evaluate.main(common + ["--rainy", str(folders / "rainy"), "--clean",
                                  str(folders / "clean"), "--json", str(tmp_path / "f.json")]) == 0
   assert evaluate.main(common + ["--dataset", "rain100h:test", "--data_dir", data_dir,
-                       "--json", str(tmp_path / "d.json")]) == 0
+                                 "--json", str(tmp_path / "d.json")]) == 0
   folder, dataset = _rows(tmp_path / "f.json"), _rows(tmp_path / "d.json")
   assert len(folder) == 3 and sorted(folder) == sorted(dataset)
   for name, row in folder.items():
@@ -258,7 +258,7 @@ def test_dataset_form_scores_what_the_folder_form_scores(rain100h_subset, tmp_pa
 
 def test_dataset_form_names_an_unbuilt_dataset(tmp_path, capsys):
   assert evaluate.main(["--weights", "identity", "--dataset", "rain100h:test",
-                       "--data_dir", str(tmp_path)]) == 2
+                        "--data_dir", str(tmp_path)]) == 2
   assert "not built" in capsys.readouterr().err
 
 

@@ -62,7 +62,7 @@ def pod_run(tmp_path_factory):
 def test_two_processes_train_like_one_process_with_four_devices(pod_run, tmp_path):
   work = tmp_path / "one"
   proc = subprocess.run([sys.executable, "-m", "sapnet_jax.main",
-                        *_flags(work, tmp_path / "tfds")], cwd=REPO, capture_output=True,
+                         *_flags(work, tmp_path / "tfds")], cwd=REPO, capture_output=True,
                         text=True, timeout=600,
                         env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -128,7 +128,7 @@ def test_failed_preparation_is_reported_by_every_process(tmp_path):
 
 def test_launch_script_splits_the_devices_and_checks_its_arguments():
   out = subprocess.run(["bash", SCRIPT, "3", "--devices", "6", "--port", "1234", "--dry-run",
-                       "--config=configs/demo.py", "--workdir=w"], capture_output=True,
+                        "--config=configs/demo.py", "--workdir=w"], capture_output=True,
                        text=True, check=True).stdout.splitlines()
   assert len(out) == 3
   for i, line in enumerate(out):

@@ -129,7 +129,7 @@ def test_derain_bucket_to_bucket_equals_the_local_run(tmp_path, gcs_bucket, tiny
   flags = ["--weights", tiny_weights, "--tile", "0"]
   assert derain.main([str(local_in), "--out", str(tmp_path / "out"), *flags]) == 0
   assert derain.main([remote_in, "--out", remote_out, "--weights", remote_weights,
-                     "--tile", "0"]) == 0, capsys.readouterr().err
+                      "--tile", "0"]) == 0, capsys.readouterr().err
   assert f"de-rained 3 of 3 images into {remote_out}" in capsys.readouterr().err
   _same_files(remote_out, tmp_path / "out")
   # A single remote file into a local folder, and a trailing slash on a remote folder.

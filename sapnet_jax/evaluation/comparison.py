@@ -83,9 +83,9 @@ def compare(models: Sequence[tuple[str, str]], rainy_dir: str, clean_dir: str | 
     print(f"[{label}] {weights}\n{scoring.format_table(summary)}")
   with atomic_write(fileio.join(out, "comparison.json")) as f:
     f.write(json.dumps({"rainy": rainy_dir, "clean": clean_dir,
-                       "models": dict(models), "means": means,
-                       "conventions": {k: conventions.CONVENTIONS[k]
-                                       for k in next(iter(means.values()))}},
+                        "models": dict(models), "means": means,
+                        "conventions": {k: conventions.CONVENTIONS[k]
+                                        for k in next(iter(means.values()))}},
                        indent=1).encode())
   with atomic_write(fileio.join(out, "comparison.md")) as f:
     f.write(markdown_table(means).encode())

@@ -135,7 +135,7 @@ def scale_overrides(config: Any, scale: str, steps_per_epoch: Callable[[Any], in
   steps = plan["steps"]
   every = max(1, steps // plan["validations"])
   out.update({"train.num_steps": steps, "train.eval_every": every, "train.save_every": every,
-             "train.log_every": every})
+              "train.log_every": every})
   if steps_per_epoch is not None:
     epochs = (config.train.num_steps / steps_per_epoch(config) if config.train.num_steps
               else float(config.train.num_epochs))

@@ -4,7 +4,7 @@ On CPU, XLA (jaxlib 0.10) hands convolutions to YNNPACK by default; the option
 `xla_cpu_experimental_ynn_fusion_type=""` keeps them in Eigen. Which is faster depends on the
 CPU and on the work: on an AVX-512 Xeon Eigen trains SAPNet about 1.5x faster, on an AMD EPYC
 without AVX-512 YNNPACK infers about 8% faster (docs/benchmarks.md), and on an AVX-512 EPYC
-YNNPACK de-rains a 512x512 image 13% faster but a batch of 20 128x128 crops 1.9x slower. So
+YNNPACK de-rains a 512x512 image 7-16% faster but a batch of 20 128x128 crops 1.9-2x slower. So
 the choice is measured once per machine and workload ("train": forward and gradients;
 "infer_image": the forward pass of one photo or tile; "infer_batch": of many small crops in
 one call, as `auto`'s thumbnails): a few jitted convolutions of the networks' channels at the
@@ -33,10 +33,10 @@ from sapnet_jax.utils import fileio
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 CHOICES = {"eigen": CPU_OPTIONS, "default": {}}
-WORKLOADS = ("train", "infer_image", "infer_batch")
-# Batch and image shape of each workload's probe.
+# The workloads, each with the batch and image shape of its probe.
 PROBE_SHAPES = {"train": (4, 100, 100), "infer_image": (1, 512, 512),
                 "infer_batch": (16, 128, 128)}
+WORKLOADS = tuple(PROBE_SHAPES)
 ENV = "SAPNET_JAX_CPU_CONVS"
 CACHE_FILE = "xla_cpu_convs.json"
 _EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",

@@ -44,7 +44,7 @@ from sapnet_jax import infer, models
 from sapnet_jax.data import imageio
 from sapnet_jax.serving.access_rules import Access, AccessGuard
 from sapnet_jax.serving.batching import (SERVER_TILE, Batcher, ClientGone, Closed,
-                                     DeadlineExceeded, QueueFull, watched)
+                                         DeadlineExceeded, QueueFull, watched)
 from sapnet_jax.utils import flags
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")

@@ -131,7 +131,7 @@ def listing() -> list[dict]:
   for name, entry in REGISTRY.items():
     st = state(name)
     rows.append({"name": name, "default": name == DEFAULT, "description": entry.description,
-                "shipped": entry.file is not None, "source": entry.source or entry.url,
-                "licence": entry.licence, "sha256": entry.sha256, "state": st.kind,
-                "path": st.path})
+                 "shipped": entry.file is not None, "source": entry.source or entry.url,
+                 "licence": entry.licence, "sha256": entry.sha256, "state": st.kind,
+                 "path": st.path})
   return rows

@@ -70,7 +70,7 @@ def _mutate(data: bytes, rng: random.Random, others: list[bytes]) -> bytes:
   elif kind == 3:  # a header field (size, count, offset) set to an extreme
     i, width = rng.randrange(min(64, len(d))), rng.choice([1, 2, 4])
     value = rng.choice([0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF,
-                       rng.randrange(1 << 32)])
+                        rng.randrange(1 << 32)])
     d[i:i + width] = (value & ((1 << 8 * width) - 1)).to_bytes(width, rng.choice(["big",
                                                                                  "little"]))
   elif kind == 4:  # bytes inserted

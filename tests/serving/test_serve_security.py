@@ -62,7 +62,7 @@ def port_of(url: str) -> int:
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "localhost.evil.example",
-                         "127.0.0.1.nip.io:{port}", "10.0.0.1", "[::2]:{port}", ""])
+                                  "127.0.0.1.nip.io:{port}", "10.0.0.1", "[::2]:{port}", ""])
 def test_other_host_names_are_refused(guarded, host):
   # A DNS-rebinding page reaches 127.0.0.1 under its own name: that name is in the Host header.
   url, _, calls = guarded
@@ -83,7 +83,7 @@ def test_other_host_names_are_refused(guarded, host):
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}",
-                         "LOCALHOST", "photos.example.org", "Photos.Example.Org.:443"])
+                                  "LOCALHOST", "photos.example.org", "Photos.Example.Org.:443"])
 def test_loopback_and_allowed_names_are_served(guarded, host):
   url, _, _ = guarded
   with httpx.Client(base_url=url, timeout=60) as c:
@@ -261,7 +261,7 @@ def test_command_warns_before_loading_weights():
   # The warning comes first, so it is seen even when the weights are wrong.
   env = {k: v for k, v in os.environ.items() if k != access_rules.TOKEN_ENV}
   run = subprocess.run([sys.executable, "-m", "sapnet_jax.serve", "--host", "0.0.0.0",
-                       "--weights", "nope", "--no-compile-cache"], cwd=REPO, env=env,
+                        "--weights", "nope", "--no-compile-cache"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
   assert run.returncode == 2
   assert "anyone who can reach this port can use the server" in run.stderr

@@ -63,7 +63,7 @@ def test_train_resume_evaluate_and_derain_from_a_bucket(gcs_bucket, tmp_path, mo
   # 4. derain reads the bucket's checkpoint and equals the same weights loaded locally.
   out = tmp_path / "derained"
   proc = subprocess.run([sys.executable, "-m", "sapnet_jax.derain", "examples/rain-064.jpg",
-                        "--out", str(out), "--weights", f"{work}/checkpoints", "--tile", "0"],
+                         "--out", str(out), "--weights", f"{work}/checkpoints", "--tile", "0"],
                         cwd=REPO, capture_output=True, text=True, timeout=600,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-3000:]

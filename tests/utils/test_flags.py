@@ -32,7 +32,7 @@ def test_defaults_and_good_values():
   assert (args.weights, args.tile, args.overlap, args.dtype, args.compile_cache,
           args.no_compile_cache) == ("default-weights", 512, 64, "float32", None, False)
   args = _parse(["--tile", "0", "--overlap", "100", "--wait", "0", "--timeout", "0.5",
-                "--port", "65535", "--dtype", "bfloat16", "--no-compile-cache"])
+                 "--port", "65535", "--dtype", "bfloat16", "--no-compile-cache"])
   assert (args.tile, args.overlap, args.wait, args.timeout, args.port, args.dtype,
           args.no_compile_cache) == (0, 100, 0.0, 0.5, 65535, "bfloat16", True)
 
