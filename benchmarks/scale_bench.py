@@ -62,9 +62,11 @@ def min_side(name: str) -> int:
 
 
 def calibration(count: int, side: int = 384) -> list[str]:
+  """The CALIBRATION photos first (the first 15 are those infer.SCALE_WEIGHTS was fitted on),
+  then every other photo outside the held-out slices, in name order."""
   files = pool_files()
-  held = set(held_out(12, side))
-  names = [n for part in CALIBRATION for n in files[part]]
+  held = set(files[3::12] + files[9::12])
+  names = [n for part in CALIBRATION for n in files[part]] + files
   return [n for n in dict.fromkeys(names) if n not in held and min_side(n) >= side][:count]
 
 
@@ -388,7 +390,7 @@ def main():
   parser.add_argument("--skip", type=int, default=0,
                       help="leave out the first N photos (each keeps its seeds)")
   parser.add_argument("--calibration", action="store_true",
-                      help="score the photos `auto` was calibrated on instead")
+                      help="score calibration photos (never held out) instead")
   parser.add_argument("--large", action="store_true")
   parser.add_argument("--large-scale", type=float, default=4.0)
   parser.add_argument("--real-grid", metavar="PNG", default=None)
