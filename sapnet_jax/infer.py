@@ -1,7 +1,7 @@
 """Whole-image and tiled inference on single images (arrays in, arrays out; no file I/O).
 
-Tiling bounds memory for large photos: tiles of at most `tile` x `tile` pixels (as few as
-that size needs, shrunk to share the length evenly: `balanced_tile`) overlap by `overlap`
+Tiling bounds memory for large photos: tiles of at most `tile` rows and `tile` x `tile` pixels
+(the rows and columns that compute the fewest pixels: `balanced_tiles`) overlap by `overlap`
 pixels and are blended with weights that ramp linearly across the middle half of each overlap
 (zero in its outer quarter). All tiles of an image have one shape, so the network is compiled
 once per image size. For a network without global attention (PReNet, PRN), a pixel therefore
@@ -39,8 +39,8 @@ from sapnet_jax import models
 from sapnet_jax.models import ops
 from sapnet_jax.runtime import xla_options
 
-# Tiles of at most 1024 pixels a side: less overlap computed twice than with 512 (a 2000x1500
-# image: 3.33 MP of tiles instead of 3.82, at the same cost per pixel), closer to the official
+# Tiles of at most 1024 rows and 1024 x 1024 pixels: less overlap computed twice than with 512 (a 2000x1500
+# image: 3.23 MP of tiles instead of 3.82), closer to the official
 # whole-image inference for SAPNet's attention, and a 4000x3000 photo stays under 2 GB of peak
 # RSS (docs/scale.md, Large photos). The server keeps 512 (serving/batching.py, SERVER_TILE).
 DEFAULT_TILE = 1024
@@ -268,8 +268,8 @@ class Derainer:
                scale: float | str = 1.0) -> np.ndarray:
     """De-rains one (H, W, 3) image in [0, 1]; returns unclamped float32 of the same shape.
 
-    With `tile` None or not smaller than both sides (of the working-size image), the whole
-    image goes through at once. `scale`: 1 de-rains at full size; F > 1 at 1/F of it, the
+    With `tile` None or an image (at the working size) of at most `tile` rows and tile * tile
+    pixels, the whole image goes through at once. `scale`: 1 de-rains at full size; F > 1 at 1/F of it, the
     removed rain put back at full size (`transfer_rain`); "auto" picks F (`estimate_scale`).
     `progress(done, total)` is called with (0, total) before the first tile, so a progress bar
     shows while the first tile compiles, and after each tile; a whole image is one tile.
@@ -287,7 +287,7 @@ class Derainer:
               progress: Callable[[int, int], None] | None) -> np.ndarray:
     report = progress or (lambda done, total: None)
     h, w, _ = image.shape
-    if tile is None or (h <= tile and w <= tile):
+    if tile is None or (h <= tile and h * w <= tile * tile):
       report(0, 1)
       out = np.asarray(self.batch(image[None]))[0]
       report(1, 1)
@@ -300,21 +300,48 @@ class Derainer:
     return tiling.result()
 
 
-def balanced_tile(length: int, tile: int, overlap: int) -> int:
-  """The smallest tile side (at most `tile`) that covers `length` with as few tiles as `tile`
-  would: 1000 pixels take 3 tiles of 376 rather than 3 of 512, 27% fewer pixels computed along
-  that side (the working size of a 4000x3000 photo at scale 3 or 4 is such a length)."""
-  if tile >= length:
-    return length
-  count = -(-(length - overlap) // (tile - overlap))
-  return min(tile, -(-(length + (count - 1) * overlap) // count))
+def balanced_tiles(height: int, width: int, tile: int, overlap: int) -> tuple[int, int]:
+  """Tile sides (th, tw) for an image: tiles of at most `tile` rows and tile * tile pixels
+  (what bounds memory), in the rows and columns that compute the fewest pixels (ties: fewer
+  tiles), each side shared evenly. Only the width may exceed `tile`: on the 2-core EPYC wide
+  tiles ran 13.2-14.5 s per megapixel and tall ones (1043 rows) 16-17.5. A 2000x1500 image at
+  tile 1024 takes 4 tiles of 782x1032 rather than 6 of 782x710, 13% faster there (docs/scale.md,
+  Large photos). Never more pixels than tiles of at most `tile` a side."""
+  if height <= tile and height * width <= tile * tile:
+    return height, width
+  best = None
+  for rows in range(1, height + 1):
+    th = _shared(height, rows, overlap)
+    if th > tile:
+      continue
+    if rows > 1 and th <= overlap:
+      break
+    widest = tile * tile // th
+    if width <= widest:
+      cols = 1
+    elif widest > overlap:
+      cols = -(-(width - overlap) // (widest - overlap))
+    else:
+      continue
+    tw = _shared(width, cols, overlap)
+    key = (rows * cols * th * tw, rows * cols)
+    if best is None or key < best[0]:
+      best = key, (th, tw)
+    if cols == 1:
+      break
+  return best[1]
+
+
+def _shared(length: int, count: int, overlap: int) -> int:
+  """The side of `count` tiles that cover `length` with `overlap` between neighbours."""
+  return -(-(length + (count - 1) * overlap) // count)
 
 
 class Tiling:
   """The tiles of one (H, W, 3) image and their blend, for a caller that runs them itself (the
   server interleaves tiles of different requests): `tiling.window(i)` is tile i as a batch of
   one; hand its output to `tiling.add(i, out)`, then take `tiling.result()`. With `balanced`
-  (what Derainer uses) tiles shrink to `balanced_tile`, a shape per image size; without it
+  (what Derainer uses) tiles take `balanced_tiles`' shape, one per image size; without it
   every tile is `tile` pixels, one shape for all images (what the server needs)."""
 
   def __init__(self, image: np.ndarray, tile: int, overlap: int, balanced: bool = False):
@@ -323,8 +350,8 @@ class Tiling:
                        f"overlap={overlap}")
     self.image, self.overlap = image, overlap
     h, w, _ = image.shape
-    side = balanced_tile if balanced else (lambda n, t, o: min(t, n))
-    self.th, self.tw = side(h, tile, overlap), side(w, tile, overlap)
+    self.th, self.tw = (balanced_tiles(h, w, tile, overlap) if balanced
+                        else (min(tile, h), min(tile, w)))
     self.starts = [(y, x) for y in tile_starts(h, self.th, overlap)
                    for x in tile_starts(w, self.tw, overlap)]
     self._acc = np.zeros((h, w, 3), np.float32)

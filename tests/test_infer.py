@@ -94,12 +94,23 @@ def test_progress_sees_every_tile_in_order(local_derainer):
   assert calls == [(0, 1), (1, 1)]  # a whole image is one tile
 
 
-@pytest.mark.parametrize("length", [1, 97, 511, 512, 513, 750, 1000, 1333, 3000, 4000])
-def test_balanced_tiles_are_no_more_and_no_larger(length):
+@pytest.mark.parametrize("shape", [(1, 1), (97, 83), (511, 512), (513, 700), (750, 1000),
+                                   (1000, 1333), (1500, 2000), (3000, 4000), (1, 4000),
+                                   (3000, 7)])
+def test_balanced_tiles_bound_rows_and_area_and_compute_no_more_than_before(shape):
+  h, w = shape
   tile, overlap = 512, 64
-  side = infer.balanced_tile(length, tile, overlap)
-  assert side <= min(tile, length)
-  starts = infer.tile_starts(length, side, overlap)
-  assert len(starts) == len(infer.tile_starts(length, min(tile, length), overlap))
-  assert starts[0] == 0 and starts[-1] + side == length
-  assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:]))  # overlaps kept
+  th, tw = infer.balanced_tiles(h, w, tile, overlap)
+  assert th <= min(h, tile) and tw <= w and th * tw <= tile * tile
+  count = 0
+  for length, side in ((h, th), (w, tw)):
+    starts = infer.tile_starts(length, side, overlap)
+    assert starts[0] == 0 and starts[-1] + side == length  # covered
+    assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:]))  # overlaps kept
+    count = max(count, 1) * len(starts)
+  # Tiles of at most `tile` a side, shared evenly (the rule before), are one of the candidates.
+  before = 1
+  for n in (h, w):
+    k = len(infer.tile_starts(n, min(tile, n), overlap))
+    before *= k * infer._shared(n, k, overlap)
+  assert count * th * tw <= before
