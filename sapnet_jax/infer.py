@@ -39,10 +39,10 @@ from sapnet_jax import models
 from sapnet_jax.models import ops
 from sapnet_jax.runtime import xla_options
 
-# Tiles of at most 1024 rows and 1024 x 1024 pixels: less overlap computed twice than with 512 (a 2000x1500
-# image: 3.23 MP of tiles instead of 3.82), closer to the official
-# whole-image inference for SAPNet's attention, and a 4000x3000 photo stays under 2 GB of peak
-# RSS (docs/scale.md, Large photos). The server keeps 512 (serving/batching.py, SERVER_TILE).
+# Tiles of at most 1024 rows and 1024 x 1024 pixels: less overlap computed twice than with 512
+# (a 2000x1500 image: 3.23 MP of tiles instead of 3.82), closer to the official whole-image
+# inference for SAPNet's attention, and a 4000x3000 photo stays under 2 GB of peak RSS
+# (docs/scale.md, Large photos). The server keeps 512 (serving/batching.py, SERVER_TILE).
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 64
 
@@ -268,9 +268,10 @@ class Derainer:
                scale: float | str = 1.0) -> np.ndarray:
     """De-rains one (H, W, 3) image in [0, 1]; returns unclamped float32 of the same shape.
 
-    With `tile` None or an image (at the working size) of at most `tile` rows and tile * tile
-    pixels, the whole image goes through at once. `scale`: 1 de-rains at full size; F > 1 at 1/F of it, the
-    removed rain put back at full size (`transfer_rain`); "auto" picks F (`estimate_scale`).
+    With `tile` None or an image (at the working size) within one tile (`balanced_tiles`), the
+    whole image goes through at once. `scale`: 1 de-rains at full size; F > 1 at 1/F of it,
+    the removed rain put back at full size (`transfer_rain`); "auto" picks F
+    (`estimate_scale`).
     `progress(done, total)` is called with (0, total) before the first tile, so a progress bar
     shows while the first tile compiles, and after each tile; a whole image is one tile.
     """
@@ -287,7 +288,7 @@ class Derainer:
               progress: Callable[[int, int], None] | None) -> np.ndarray:
     report = progress or (lambda done, total: None)
     h, w, _ = image.shape
-    if tile is None or (h <= tile and h * w <= tile * tile):
+    if tile is None or balanced_tiles(h, w, tile, overlap) == (h, w):
       report(0, 1)
       out = np.asarray(self.batch(image[None]))[0]
       report(1, 1)
@@ -307,6 +308,7 @@ def balanced_tiles(height: int, width: int, tile: int, overlap: int) -> tuple[in
   tiles ran 13.2-14.5 s per megapixel and tall ones (1043 rows) 16-17.5. A 2000x1500 image at
   tile 1024 takes 4 tiles of 782x1032 rather than 6 of 782x710, 13% faster there (docs/scale.md,
   Large photos). Never more pixels than tiles of at most `tile` a side."""
+  _check_tiling(tile, overlap)
   if height <= tile and height * width <= tile * tile:
     return height, width
   best = None
@@ -316,13 +318,8 @@ def balanced_tiles(height: int, width: int, tile: int, overlap: int) -> tuple[in
       continue
     if rows > 1 and th <= overlap:
       break
-    widest = tile * tile // th
-    if width <= widest:
-      cols = 1
-    elif widest > overlap:
-      cols = -(-(width - overlap) // (widest - overlap))
-    else:
-      continue
+    widest = tile * tile // th  # >= tile > overlap
+    cols = 1 if width <= widest else -(-(width - overlap) // (widest - overlap))
     tw = _shared(width, cols, overlap)
     key = (rows * cols * th * tw, rows * cols)
     if best is None or key < best[0]:
@@ -330,6 +327,12 @@ def balanced_tiles(height: int, width: int, tile: int, overlap: int) -> tuple[in
     if cols == 1:
       break
   return best[1]
+
+
+def _check_tiling(tile: int, overlap: int) -> None:
+  if tile < 1 or not 0 <= overlap < tile:
+    raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, "
+                     f"overlap={overlap}")
 
 
 def _shared(length: int, count: int, overlap: int) -> int:
@@ -345,9 +348,7 @@ class Tiling:
   every tile is `tile` pixels, one shape for all images (what the server needs)."""
 
   def __init__(self, image: np.ndarray, tile: int, overlap: int, balanced: bool = False):
-    if tile < 1 or not 0 <= overlap < tile:
-      raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, "
-                       f"overlap={overlap}")
+    _check_tiling(tile, overlap)
     self.image, self.overlap = image, overlap
     h, w, _ = image.shape
     self.th, self.tw = (balanced_tiles(h, w, tile, overlap) if balanced

@@ -90,8 +90,8 @@ def add_weights(parser: argparse.ArgumentParser, default: str, help: str) -> Non
 def add_tiling(parser: argparse.ArgumentParser, tile: int, overlap: int) -> None:
   """--tile N (0 = whole images) and --overlap P; check them with `check_tiling`."""
   parser.add_argument("--tile", type=int_at_least(0), default=tile, metavar="N",
-                      help="tiles of at most N rows and N x N pixels for larger images; 0 = never tile "
-                      f"(default: {tile})")
+                      help="tiles of at most N rows and N x N pixels for larger images; "
+                      f"0 = never tile (default: {tile})")
   parser.add_argument("--overlap", type=int_at_least(0), default=overlap, metavar="P",
                       help="overlap of neighbouring tiles in pixels, less than N "
                       f"(default: {overlap})")
