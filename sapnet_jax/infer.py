@@ -312,10 +312,9 @@ def balanced_tiles(height: int, width: int, tile: int, overlap: int) -> tuple[in
   if height <= tile and height * width <= tile * tile:
     return height, width
   best = None
-  for rows in range(1, height + 1):
+  fewest = -(-(max(height, tile) - overlap) // (tile - overlap))  # rows of at most `tile`
+  for rows in range(fewest, height + 1):
     th = _shared(height, rows, overlap)
-    if th > tile:
-      continue
     if rows > 1 and th <= overlap:
       break
     widest = tile * tile // th  # >= tile > overlap

@@ -247,7 +247,7 @@ def decode_image(data: bytes, name: str = "image",
 def to_uint8(image: np.ndarray) -> np.ndarray:
   """Clamps to [0, 1] and rounds to the nearest 8-bit level (in place on one copy: a 12 MP
   result takes 0.05 s instead of 0.2-0.5 s with a temporary per step)."""
-  out = np.array(np.clip(image, 0.0, 1.0), dtype=np.result_type(image, np.float32))
+  out = np.asarray(np.clip(np.asarray(image, np.result_type(image, np.float32)), 0.0, 1.0))
   out *= 255.0
   np.rint(out, out=out)
   return out.astype(np.uint8)
